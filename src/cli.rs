@@ -1,0 +1,408 @@
+//! The command line. Two steps, as in ripgrep: clap turns words into raw flags without touching
+//! the system; `build_run_options` turns those into checked values (sizes, durations) and only
+//! then does guard look at the machine (preflight) and act.
+use crate::error::{Error, Result};
+use crate::journal::Journal;
+use crate::lvm::real::RealLvm;
+use crate::plan::PlanRequest;
+use crate::size::{SizeSpec, DEFAULT_SIZE};
+use crate::transaction::{OnFailure, OnSuccess, RunOptions};
+use crate::{recover, rollback, status, transaction, ui};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0..=123  the command's own exit status is passed through (0: success, the change is kept)
+  124      the command ran past --timeout and was stopped (rolled back per --on-failure)
+  125      guard refused or failed before the command ran: nothing was changed
+  126      the command was found but cannot be executed (nothing was changed)
+  127      the command was not found (nothing was changed)
+  128+N    the command was killed by signal N
+Subcommands exit 0 on success and 125 on error (recover: 1 when something could not be recovered).";
+
+const ABOUT: &str =
+    "Run a risky command under LVM snapshots: keep the change on success, roll back on failure";
+
+const LONG_ABOUT: &str = "\
+guard snapshots the LVM logical volumes a command may change, runs the command, and then removes
+the snapshots (success) or merges them back (failure: non-zero exit, signal, timeout). Where a
+volume is in use (mounted, or /), LVM finishes the merge at its next activation: for / that is
+the next boot, and guard says so. Thin volumes get thin snapshots.";
+
+const EXAMPLES: &str = "\
+Examples:
+  guard --mount / --mount /var -- apt-get -y dist-upgrade
+  guard --lv vg0/app --timeout 10m -- ./deploy.sh v2.3
+  guard --lv vg0/data --dry-run -- true
+  guard status
+  guard rollback --finish 20261127-101500-3f9a";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guard",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    after_long_help = format!("{EXAMPLES}\n\n{EXIT_CODES}"),
+    args_conflicts_with_subcommands = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Protect this logical volume (repeatable)
+    #[arg(long = "lv", value_name = "VG/LV")]
+    pub lvs: Vec<String>,
+    /// Protect the logical volume mounted at (or holding) this path (repeatable)
+    #[arg(long = "mount", value_name = "PATH")]
+    pub mounts: Vec<PathBuf>,
+    /// COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+    /// Stop the command after this long (30s, 10m, 1h) and count it as a failure
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// What to do when the command fails
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "rollback")]
+    pub on_failure: OnFailure,
+    /// What to do when the command succeeds
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "discard")]
+    pub on_success: OnSuccess,
+    /// Keep the snapshots this long after success (implies --on-success keep)
+    #[arg(long, value_name = "DURATION")]
+    pub keep: Option<String>,
+    /// If a rollback is deferred because a target is mounted, unmount it to finish now (not /)
+    #[arg(long)]
+    pub finish: bool,
+    /// Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for another guard run holding one of the volumes instead of failing at once
+    #[arg(long)]
+    pub wait: bool,
+    /// Also write the final report as one JSON object to stderr
+    #[arg(long)]
+    pub json: bool,
+    /// Write the final report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print only warnings, errors and the summary
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The command to run, after --
+    #[arg(last = true, value_name = "COMMAND", value_parser = clap::value_parser!(OsString))]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// List runs and their snapshots: phase, COW use, pending merges
+    Status {
+        /// Machine-readable output (schema guard.status/1)
+        #[arg(long)]
+        json: bool,
+        /// Include finished runs
+        #[arg(long)]
+        all: bool,
+    },
+    /// Finish or clean up what a killed guard or a power cut left; safe at every boot
+    Recover {
+        /// Also commit kept runs whose keep window has ended
+        #[arg(long)]
+        expire: bool,
+    },
+    /// Remove a kept run's snapshots: its change stays
+    Commit {
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+    /// Merge a run's snapshots back: its change is undone
+    Rollback {
+        #[arg(value_name = "RUN")]
+        run: String,
+        /// Complete a deferred merge now: unmount the targets, reactivate, wait, mount again
+        #[arg(long)]
+        finish: bool,
+    },
+    /// Print a shell completion script
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(s).map_err(|e| {
+        Error::refused(
+            format!("invalid {flag} {s:?}: {e}"),
+            "write a duration like 90s, 10m, 1h30m",
+        )
+    })?;
+    if d.is_zero() {
+        return Err(Error::refused(
+            format!("{flag} must be longer than zero"),
+            "write a duration like 90s, 10m",
+        ));
+    }
+    Ok(d)
+}
+
+/// Second step: raw flags to checked options. No system calls here.
+pub fn build_run_options(a: &RunArgs) -> Result<RunOptions> {
+    let size = match &a.size {
+        Some(s) => s.parse::<SizeSpec>()?,
+        None => DEFAULT_SIZE,
+    };
+    let keep = a
+        .keep
+        .as_deref()
+        .map(|k| parse_duration("--keep", k))
+        .transpose()?;
+    Ok(RunOptions {
+        request: PlanRequest {
+            lvs: a.lvs.clone(),
+            mounts: a.mounts.clone(),
+            size,
+        },
+        command: a.command.clone(),
+        timeout: a
+            .timeout
+            .as_deref()
+            .map(|t| parse_duration("--timeout", t))
+            .transpose()?,
+        on_failure: a.on_failure,
+        on_success: if keep.is_some() {
+            OnSuccess::Keep
+        } else {
+            a.on_success
+        },
+        keep,
+        dry_run: a.dry_run,
+        wait: a.wait,
+        json: a.json,
+        report_file: a.report.clone(),
+        finish: a.finish,
+    })
+}
+
+/// What guard needs from the machine: root, the lvm2 tools, device-mapper with snapshots.
+pub fn preflight() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::refused(
+            "guard must run as root: it creates, merges and removes LVM snapshots",
+            "run it as root, e.g. sudo guard …",
+        ));
+    }
+    if crate::exec::find_program("lvm").is_none() {
+        return Err(Error::refused(
+            "the lvm2 tools are not installed (no lvm in /usr/sbin or /sbin)",
+            "install them: apt-get install lvm2 (dnf install lvm2)",
+        ));
+    }
+    if !std::path::Path::new("/dev/mapper/control").exists() {
+        return Err(Error::refused(
+            "device-mapper is not available (/dev/mapper/control is missing)",
+            "load it: modprobe dm-mod dm-snapshot (a kernel without device-mapper cannot run guard)",
+        ));
+    }
+    if !std::path::Path::new("/sys/module/dm_snapshot").exists() {
+        // lvcreate would load it too, but a missing module should stop guard before anything
+        let loaded = crate::exec::system_command("modprobe")
+            .and_then(|mut c| crate::exec::CommandExt::run_checked(c.arg("dm-snapshot")));
+        if loaded.is_err() {
+            return Err(Error::refused(
+                "the device-mapper snapshot target (dm-snapshot) is not available",
+                "load it: modprobe dm-snapshot (install the kernel's modules package if it is missing)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn main_with_args(args: Vec<OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 125 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    ui::set_quiet(cli.run.quiet);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            ui::error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let journal = Journal::open_default();
+    let lvm = RealLvm;
+    let Some(sub) = cli.sub else {
+        if cli.run.command.is_empty() && cli.run.lvs.is_empty() && cli.run.mounts.is_empty() {
+            let _ = Cli::command().print_help();
+            return Ok(125);
+        }
+        let opts = build_run_options(&cli.run)?;
+        preflight()?;
+        return Ok(transaction::run(&lvm, &journal, &opts));
+    };
+    match sub {
+        Sub::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "guard", &mut std::io::stdout());
+            Ok(0)
+        }
+        Sub::Status { json, all } => {
+            preflight()?;
+            let st = status::collect(&lvm, &journal, all)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", status::human_text(&st));
+            }
+            Ok(0)
+        }
+        Sub::Recover { expire } => {
+            preflight()?;
+            let sum = recover::recover(&lvm, &journal, expire)?;
+            Ok(if sum.errors > 0 { 1 } else { 0 })
+        }
+        Sub::Commit { run } => {
+            preflight()?;
+            let mut rec = recover::load_run(&lvm, &journal, &run)?;
+            commit_run(&lvm, &journal, &mut rec)
+        }
+        Sub::Rollback { run, finish } => {
+            preflight()?;
+            let mut rec = recover::load_run(&lvm, &journal, &run)?;
+            rollback_cmd(&lvm, &journal, &mut rec, finish)
+        }
+    }
+}
+
+fn commit_run(
+    lvm: &RealLvm,
+    journal: &Journal,
+    rec: &mut crate::journal::RunRecord,
+) -> Result<i32> {
+    use crate::journal::Phase;
+    match rec.phase {
+        Phase::Kept | Phase::Committing | Phase::Decided => {
+            transaction::commit(lvm, journal, rec)?;
+            ui::say(&format!("run {}: committed, snapshots removed", rec.id));
+            Ok(0)
+        }
+        Phase::Done => {
+            ui::say(&format!("run {}: already finished, nothing to do", rec.id));
+            Ok(0)
+        }
+        Phase::RollbackScheduled | Phase::RollingBack => Err(Error::refused(
+            format!(
+                "run {} is being rolled back; a started merge cannot be cancelled",
+                rec.id
+            ),
+            format!(
+                "let it complete (`guard rollback --finish {}` or reboot)",
+                rec.id
+            ),
+        )),
+        Phase::Snapshotting | Phase::Running => Err(Error::refused(
+            format!("run {} is still in progress or was interrupted", rec.id),
+            "wait for it, or run `guard recover` if its guard is gone",
+        )),
+    }
+}
+
+fn rollback_cmd(
+    lvm: &RealLvm,
+    journal: &Journal,
+    rec: &mut crate::journal::RunRecord,
+    finish: bool,
+) -> Result<i32> {
+    use crate::journal::Phase;
+    match rec.phase {
+        Phase::Kept | Phase::Decided | Phase::RollingBack => {
+            let todo = rollback::rollback_run(lvm, journal, rec)?;
+            if finish && rec.phase == Phase::RollbackScheduled {
+                rollback::finish(lvm, journal, rec)?;
+            } else {
+                for t in todo {
+                    ui::say(&format!("to do: {t}"));
+                }
+            }
+            Ok(0)
+        }
+        Phase::RollbackScheduled if finish => {
+            rollback::finish(lvm, journal, rec)?;
+            Ok(0)
+        }
+        Phase::RollbackScheduled => {
+            for t in rec
+                .targets
+                .iter()
+                .filter(|t| t.rollback.as_deref() == Some("scheduled"))
+            {
+                ui::say(&format!(
+                    "{}/{}: rollback completes {}",
+                    t.vg,
+                    t.lv,
+                    rollback::completes_by(t, &rec.id)
+                ));
+            }
+            Ok(0)
+        }
+        Phase::Done => {
+            ui::say(&format!(
+                "run {}: already finished, nothing to roll back",
+                rec.id
+            ));
+            Ok(0)
+        }
+        Phase::Snapshotting | Phase::Running | Phase::Committing => Err(Error::refused(
+            format!(
+                "run {} cannot be rolled back from phase {:?}",
+                rec.id, rec.phase
+            ),
+            "if its guard is gone, run `guard recover` first",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn raw_flags_become_checked_options() {
+        let cli = Cli::try_parse_from([
+            "guard", "--lv", "vg/a", "--size", "8M", "--keep", "10m", "--", "true",
+        ])
+        .unwrap();
+        let o = build_run_options(&cli.run).unwrap();
+        assert_eq!(o.request.size, SizeSpec::Bytes(8 << 20));
+        assert_eq!(o.on_success, OnSuccess::Keep);
+        assert_eq!(o.keep, Some(Duration::from_secs(600)));
+        let cli = Cli::try_parse_from(["guard", "--lv", "vg/a", "--timeout", "soon", "--", "true"])
+            .unwrap();
+        let e = build_run_options(&cli.run).unwrap_err().to_string();
+        assert!(e.contains("invalid --timeout"), "{e}");
+    }
+}

@@ -1,0 +1,20 @@
+//! guard: run a risky command under LVM snapshots; keep the change on success, roll back on
+//! failure. `main.rs` only calls `cli::main_with_args`; everything lives here so that it can be
+//! tested.
+pub mod child;
+pub mod cli;
+pub mod error;
+pub mod exec;
+pub mod journal;
+pub mod lock;
+pub mod log;
+pub mod lvm;
+pub mod mounts;
+pub mod plan;
+pub mod recover;
+pub mod report;
+pub mod rollback;
+pub mod size;
+pub mod status;
+pub mod transaction;
+pub mod ui;

@@ -1,0 +1,391 @@
+//! `guard recover`: finishes or cleans up whatever a killed guard, a lost terminal or a power
+//! cut left, from the journal and the LVM tags. Safe at every boot and twice in a row: each step
+//! checks the real state first and does nothing when there is nothing to do.
+use crate::error::Result;
+use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
+use crate::lvm::{self, Lv, Lvm, MERGE_TAG_PREFIX};
+use crate::rollback;
+use crate::transaction;
+use crate::ui;
+use std::collections::BTreeSet;
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// One line per thing done or found.
+    pub lines: Vec<String>,
+    pub changed: bool,
+    pub errors: usize,
+}
+
+impl Summary {
+    fn did(&mut self, s: String) {
+        ui::say(&s);
+        self.lines.push(s);
+        self.changed = true;
+    }
+    fn saw(&mut self, s: String) {
+        ui::say(&s);
+        self.lines.push(s);
+    }
+    fn failed(&mut self, s: String) {
+        ui::error(&s);
+        self.lines.push(s);
+        self.errors += 1;
+    }
+}
+
+fn expired(rec: &RunRecord) -> bool {
+    rec.keep_until
+        .as_deref()
+        .and_then(|u| humantime::parse_rfc3339(u).ok())
+        .map(|t| t <= std::time::SystemTime::now())
+        .unwrap_or(false)
+}
+
+/// A run rebuilt from its snapshots' tags, for when the journal lost it (or never had it).
+pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
+    let mut targets: Vec<TargetRecord> = Vec::new();
+    for s in lvs
+        .iter()
+        .filter(|l| l.is_guard_snapshot() && l.run_id() == Some(run))
+    {
+        let origin = s.origin.clone()?;
+        targets.push(TargetRecord {
+            vg: s.vg.clone(),
+            lv: origin,
+            snapshot: s.name.clone(),
+            thin: s.is_thin(),
+            cow_bytes: (!s.is_thin()).then_some(s.size),
+            mountpoints: vec![],
+            max_used_percent: None,
+            rollback: s.merging.then(|| "scheduled".to_string()),
+            note: None,
+        });
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    let merging = targets.iter().any(|t| t.rollback.is_some());
+    Some(RunRecord {
+        schema: journal::SCHEMA,
+        id: run.to_string(),
+        started: String::new(),
+        updated: String::new(),
+        command: vec!["(unknown: rebuilt from LVM tags)".into()],
+        guard_pid: 0,
+        guard_start: 0,
+        child_pid: None,
+        child_start: None,
+        phase: if merging {
+            Phase::RollbackScheduled
+        } else {
+            Phase::Kept
+        },
+        on_failure: "keep".into(),
+        on_success: "keep".into(),
+        keep_until: None,
+        outcome: None,
+        exit_status: None,
+        reason: Some("rebuilt from LVM tags".into()),
+        final_state: merging.then_some(Final::RolledBack).or(Some(Final::Kept)),
+        targets,
+    })
+}
+
+/// Loads a run from the journal, or rebuilds it from tags when the journal has none.
+pub fn load_run(lvm: &dyn Lvm, journal: &Journal, run: &str) -> Result<RunRecord> {
+    match journal.load(run) {
+        Ok(r) => Ok(r),
+        Err(e) => record_from_tags(&lvm.lvs()?, run).ok_or(e),
+    }
+}
+
+pub fn recover(lvm: &dyn Lvm, journal: &Journal, expire: bool) -> Result<Summary> {
+    let mut sum = Summary::default();
+    let (runs, problems) = journal.list();
+    for p in problems {
+        sum.failed(p);
+    }
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for mut rec in runs {
+        known.insert(rec.id.clone());
+        if rec.phase == Phase::Done {
+            continue;
+        }
+        if let Err(e) = recover_run(lvm, journal, &mut rec, expire, &mut sum) {
+            sum.failed(format!("run {}: {e}", rec.id));
+        }
+    }
+    // What the tags say that the journal does not.
+    let lvs = lvm.lvs()?;
+    let mut orphan_runs = BTreeSet::new();
+    for s in lvs.iter().filter(|l| l.is_guard_snapshot()) {
+        if let Some(run) = s.run_id() {
+            if !known.contains(run) {
+                orphan_runs.insert(run.to_string());
+            }
+        }
+    }
+    for run in orphan_runs {
+        sum.saw(format!(
+            "run {run} has guard snapshots but no journal entry: keep its change with `guard commit {run}`, undo it with `guard rollback {run}`"
+        ));
+    }
+    for o in lvs.iter().filter(|l| l.merge_tag_runs().next().is_some()) {
+        let runs: Vec<String> = o.merge_tag_runs().map(String::from).collect();
+        for run in runs {
+            if known.contains(&run) {
+                continue;
+            }
+            if !o.merging {
+                lvm.del_tag(&o.vg, &o.name, &format!("{MERGE_TAG_PREFIX}{run}"))?;
+                sum.did(format!(
+                    "{}: rollback of run {run} completed at activation",
+                    o.full_name()
+                ));
+            }
+        }
+    }
+    if sum.lines.is_empty() {
+        sum.saw("nothing to recover".into());
+    }
+    Ok(sum)
+}
+
+fn recover_run(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    expire: bool,
+    sum: &mut Summary,
+) -> Result<()> {
+    let id = rec.id.clone();
+    let guard_alive = rec.guard_pid != 0 && journal::process_alive(rec.guard_pid, rec.guard_start);
+    if guard_alive && rec.guard_pid != std::process::id() {
+        sum.saw(format!(
+            "run {id}: in progress (guard pid {}), left alone",
+            rec.guard_pid
+        ));
+        return Ok(());
+    }
+    let lvs = lvm.lvs()?;
+    let merge_tagged = rec.targets.iter().any(|t| {
+        lvm::find(&lvs, &t.vg, &t.lv)
+            .map(|o| o.merge_tag_runs().any(|r| r == id))
+            .unwrap_or(false)
+    });
+    // A rollback of the filesystem holding the journal turns this file back to the moment of
+    // the snapshot; the origin's tag says what really happened.
+    if merge_tagged
+        && matches!(
+            rec.phase,
+            Phase::Snapshotting | Phase::Running | Phase::Decided | Phase::RollingBack
+        )
+    {
+        rec.phase = Phase::RollbackScheduled;
+        rec.outcome.get_or_insert(Outcome::Failure);
+        rec.final_state = Some(Final::RolledBack);
+        for t in rec.targets.iter_mut() {
+            t.rollback = Some("scheduled".into());
+        }
+    }
+    match rec.phase {
+        Phase::Snapshotting => {
+            for t in rec.targets.iter().rev() {
+                lvm.remove(&t.vg, &t.snapshot)?;
+            }
+            rec.phase = Phase::Done;
+            rec.outcome = Some(Outcome::Aborted);
+            rec.final_state = Some(Final::Nothing);
+            rec.reason
+                .get_or_insert_with(|| "guard stopped before the command ran".into());
+            journal.write(rec)?;
+            sum.did(format!(
+                "run {id}: stopped before the command ran; its snapshots are removed"
+            ));
+        }
+        Phase::Running => {
+            if let (Some(pid), Some(start)) = (rec.child_pid, rec.child_start) {
+                if journal::process_alive(pid, start) {
+                    sum.saw(format!(
+                        "run {id}: guard is gone but its command (pid {pid}) still runs; run `guard recover` again when it has ended"
+                    ));
+                    return Ok(());
+                }
+            }
+            rec.outcome = Some(Outcome::Failure);
+            rec.reason =
+                Some("guard was stopped while the command ran; its result is unknown".into());
+            rec.phase = Phase::Decided;
+            journal.write(rec)?;
+            apply(lvm, journal, rec, sum)?;
+        }
+        Phase::Decided => apply(lvm, journal, rec, sum)?,
+        Phase::RollingBack => {
+            rollback::rollback_run(lvm, journal, rec)?;
+            sum.did(format!("run {id}: rollback resumed"));
+            report_scheduled(rec, sum);
+        }
+        Phase::RollbackScheduled => finish_scheduled(lvm, journal, rec, &lvs, sum)?,
+        Phase::Committing => {
+            transaction::commit(lvm, journal, rec)?;
+            sum.did(format!("run {id}: snapshots removed (commit finished)"));
+        }
+        Phase::Kept => {
+            if expire && expired(rec) {
+                transaction::commit(lvm, journal, rec)?;
+                sum.did(format!(
+                    "run {id}: keep window ended, committed (snapshots removed)"
+                ));
+            } else {
+                sum.saw(format!(
+                    "run {id}: snapshots kept{}",
+                    rec.keep_until
+                        .as_deref()
+                        .map(|u| format!(" until {u}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Phase::Done => {}
+    }
+    Ok(())
+}
+
+fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summary) -> Result<()> {
+    let id = rec.id.clone();
+    let success = rec.outcome == Some(Outcome::Success);
+    let policy = if success {
+        rec.on_success.as_str()
+    } else {
+        rec.on_failure.as_str()
+    };
+    if policy == "keep" {
+        rec.phase = Phase::Kept;
+        rec.final_state = Some(Final::Kept);
+        journal.write(rec)?;
+        sum.did(format!("run {id}: snapshots kept as its policy says"));
+    } else if success {
+        transaction::commit(lvm, journal, rec)?;
+        sum.did(format!(
+            "run {id}: the command had succeeded; snapshots removed"
+        ));
+    } else {
+        rollback::rollback_run(lvm, journal, rec)?;
+        sum.did(format!(
+            "run {id}: rolled back ({})",
+            rec.reason.as_deref().unwrap_or("failure")
+        ));
+        report_scheduled(rec, sum);
+    }
+    Ok(())
+}
+
+fn report_scheduled(rec: &RunRecord, sum: &mut Summary) {
+    for t in rec
+        .targets
+        .iter()
+        .filter(|t| t.rollback.as_deref() == Some("scheduled"))
+    {
+        sum.saw(format!(
+            "{}/{}: rollback completes {}",
+            t.vg,
+            t.lv,
+            rollback::completes_by(t, &rec.id)
+        ));
+    }
+}
+
+/// Deferred merges: confirm those that completed at activation, finish those the kernel is
+/// running, and leave alone those still waiting for their origin to close.
+fn finish_scheduled(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    lvs: &[Lv],
+    sum: &mut Summary,
+) -> Result<()> {
+    let id = rec.id.clone();
+    let tag = format!("{MERGE_TAG_PREFIX}{id}");
+    for t in rec
+        .targets
+        .iter_mut()
+        .filter(|t| t.rollback.as_deref() == Some("scheduled"))
+    {
+        let name = format!("{}/{}", t.vg, t.lv);
+        let Some(origin) = lvm::find(lvs, &t.vg, &t.lv) else {
+            t.rollback = Some("impossible".into());
+            t.note = Some("the origin LV no longer exists".into());
+            sum.failed(format!("{name}: origin is gone"));
+            continue;
+        };
+        if origin.merging {
+            if !lvm.merge_in_progress(origin)? {
+                sum.saw(format!(
+                    "{name}: rollback still waits for the next activation ({})",
+                    rollback::completes_by(t, &id)
+                ));
+                continue;
+            }
+            lvm.finish_merge(&t.vg, &t.lv)?;
+        }
+        // The merge is over; a snapshot LV left behind by an interrupted poll is removed.
+        if lvm::find(lvs, &t.vg, &t.snapshot).is_some_and(|s| !s.merging) {
+            lvm.remove(&t.vg, &t.snapshot)?;
+            sum.did(format!(
+                "{name}: removed leftover snapshot {}/{} of a half-finished merge",
+                t.vg, t.snapshot
+            ));
+        }
+        if origin.tags.contains(&tag) {
+            lvm.del_tag(&t.vg, &t.lv, &tag)?;
+        }
+        t.rollback = Some("done".into());
+        t.note = None;
+        sum.did(format!("{name}: rollback of run {id} completed"));
+    }
+    if rec
+        .targets
+        .iter()
+        .all(|t| t.rollback.as_deref() != Some("scheduled"))
+    {
+        rec.phase = Phase::Done;
+    }
+    journal.write(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lvm::sim::{lv, SimLvm};
+
+    #[test]
+    fn rebuilds_a_run_from_tags() {
+        let mut s = lv("vg", "data-guard-R", 8);
+        s.origin = Some("data".into());
+        s.tags = vec!["guard".into(), "guard-run:R".into()];
+        let rec = record_from_tags(&[lv("vg", "data", 100), s], "R").unwrap();
+        assert_eq!(rec.targets[0].lv, "data");
+        assert_eq!(rec.phase, Phase::Kept);
+        assert!(record_from_tags(&[], "R").is_none());
+    }
+
+    #[test]
+    fn recover_twice_changes_nothing_the_second_time() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::at(d.path());
+        let sim = SimLvm::new("vg", 100, vec![lv("vg", "data", 100)]);
+        let mut snap = lv("vg", "data-guard-R", 8);
+        snap.origin = Some("data".into());
+        snap.tags = vec!["guard".into(), "guard-run:R".into()];
+        sim.state.borrow_mut().lvs.push(snap);
+        let mut rec = record_from_tags(&sim.lvs().unwrap(), "R").unwrap();
+        rec.phase = Phase::Snapshotting;
+        j.write(&mut rec).unwrap();
+        let first = recover(&sim, &j, false).unwrap();
+        assert!(first.changed);
+        assert!(sim.lvs().unwrap().iter().all(|l| !l.is_guard_snapshot()));
+        let second = recover(&sim, &j, false).unwrap();
+        assert!(!second.changed, "{:?}", second.lines);
+    }
+}

@@ -1,0 +1,145 @@
+//! The end-of-run summary: human lines on stderr, and the same as one JSON object (--json to
+//! stderr, --report FILE) for pipelines. Schema: schema/report.schema.json ("guard.report/1").
+use crate::journal::{Final, Outcome, RunRecord};
+use crate::size::human;
+use serde::Serialize;
+
+pub const SCHEMA: &str = "guard.report/1";
+
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    pub lv: String,
+    pub snapshot: String,
+    pub kind: &'static str,
+    pub cow_bytes: Option<u64>,
+    pub mountpoints: Vec<String>,
+    pub max_used_percent: Option<f64>,
+    /// none | done | scheduled | impossible
+    pub rollback: String,
+    pub completes_by: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub run: String,
+    pub command: Vec<String>,
+    pub outcome: Option<Outcome>,
+    pub exit_status: Option<i32>,
+    pub reason: Option<String>,
+    /// committed | rolled-back | rollback-scheduled | kept | nothing
+    pub action: String,
+    pub duration_seconds: Option<f64>,
+    pub targets: Vec<TargetReport>,
+    pub todo: Vec<String>,
+}
+
+impl Report {
+    pub fn from_record(rec: &RunRecord, duration: Option<f64>, todo: Vec<String>) -> Self {
+        let scheduled = rec
+            .targets
+            .iter()
+            .any(|t| t.rollback.as_deref() == Some("scheduled"));
+        let action = match rec.final_state {
+            Some(Final::RolledBack) if scheduled => "rollback-scheduled",
+            Some(Final::RolledBack) => "rolled-back",
+            Some(Final::Committed) => "committed",
+            Some(Final::Kept) => "kept",
+            Some(Final::Nothing) | None => "nothing",
+        };
+        Report {
+            schema: SCHEMA,
+            run: rec.id.clone(),
+            command: rec.command.clone(),
+            outcome: rec.outcome,
+            exit_status: rec.exit_status,
+            reason: rec.reason.clone(),
+            action: action.into(),
+            duration_seconds: duration.map(|d| (d * 1000.0).round() / 1000.0),
+            targets: rec
+                .targets
+                .iter()
+                .map(|t| TargetReport {
+                    lv: format!("{}/{}", t.vg, t.lv),
+                    snapshot: format!("{}/{}", t.vg, t.snapshot),
+                    kind: if t.thin { "thin" } else { "thick" },
+                    cow_bytes: t.cow_bytes,
+                    mountpoints: t
+                        .mountpoints
+                        .iter()
+                        .map(|m| m.display().to_string())
+                        .collect(),
+                    max_used_percent: t.max_used_percent,
+                    rollback: t.rollback.clone().unwrap_or_else(|| "none".into()),
+                    completes_by: t
+                        .note
+                        .clone()
+                        .filter(|_| t.rollback.as_deref() == Some("scheduled")),
+                    note: t.note.clone(),
+                })
+                .collect(),
+            todo,
+        }
+    }
+
+    pub fn human(&self) -> String {
+        let what = match self.outcome {
+            Some(Outcome::Success) => "the command succeeded".to_string(),
+            Some(Outcome::Failure) => {
+                format!(
+                    "the command failed ({})",
+                    self.reason.as_deref().unwrap_or("?")
+                )
+            }
+            Some(Outcome::Aborted) | None => {
+                format!(
+                    "stopped before the command ran ({})",
+                    self.reason.as_deref().unwrap_or("?")
+                )
+            }
+        };
+        let action = match self.action.as_str() {
+            "committed" => "snapshots removed, the change is kept",
+            "rolled-back" => "rolled back",
+            "rollback-scheduled" => "rollback scheduled",
+            "kept" => "snapshots kept",
+            _ => "nothing changed",
+        };
+        let mut s = format!("guard: run {}: {what}; {action}\n", self.run);
+        for t in &self.targets {
+            let used = match (t.max_used_percent, t.cow_bytes) {
+                (Some(p), Some(b)) => format!("COW use {p:.1}% of {}", human(b)),
+                (Some(p), None) => format!("thin pool data {p:.1}%"),
+                _ => "use unknown".into(),
+            };
+            let state = match t.rollback.as_str() {
+                "done" => "rolled back".to_string(),
+                "scheduled" => format!(
+                    "ROLLBACK SCHEDULED: completes {}",
+                    t.completes_by
+                        .as_deref()
+                        .unwrap_or("at the next activation")
+                ),
+                "impossible" => format!(
+                    "CANNOT BE ROLLED BACK: {}",
+                    t.note.as_deref().unwrap_or("?")
+                ),
+                _ => match self.action.as_str() {
+                    "kept" => format!("snapshot {} kept", t.snapshot),
+                    "committed" => "change kept".into(),
+                    _ => "unchanged".into(),
+                },
+            };
+            s += &format!("guard:   {}: {state} ({used})\n", t.lv);
+        }
+        for t in &self.todo {
+            s += &format!("guard: to do: {t}\n");
+        }
+        s
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("report serialises")
+    }
+}

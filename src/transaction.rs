@@ -1,0 +1,365 @@
+//! The guarded run: plan, lock, snapshot the set, run the command, decide, then commit or roll
+//! back, and report. Every phase change is journaled before it is acted on, so that a guard
+//! killed at any point leaves enough for `guard recover` to finish the job.
+use crate::child::{self, Exit, RunSpec, SignalState};
+use crate::error::{Error, Result};
+use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
+use crate::lock::{self, LockTarget};
+use crate::lvm::{Lvm, SnapshotRequest, RUN_TAG_PREFIX, TAG};
+use crate::plan::{self, Plan, PlanRequest};
+use crate::report::Report;
+use crate::rollback;
+use crate::ui;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFailure {
+    /// Merge the snapshots back: undo the change.
+    Rollback,
+    /// Keep the snapshots for `guard rollback RUN` or `guard commit RUN`.
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnSuccess {
+    /// Remove the snapshots: keep the change.
+    Discard,
+    /// Keep the snapshots until `guard commit RUN` (or `guard rollback RUN`).
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub request: PlanRequest,
+    pub command: Vec<OsString>,
+    pub timeout: Option<Duration>,
+    pub on_failure: OnFailure,
+    pub on_success: OnSuccess,
+    pub keep: Option<Duration>,
+    pub dry_run: bool,
+    pub wait: bool,
+    pub json: bool,
+    pub report_file: Option<PathBuf>,
+    /// On a deferred rollback, unmount the targets to complete it now.
+    pub finish: bool,
+}
+
+fn lossy(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Runs the whole transaction; returns guard's exit code.
+pub fn run(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> i32 {
+    match execute(lvm, journal, opts) {
+        Ok(code) => code,
+        Err(e) => {
+            ui::error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
+    // Not found / not executable must be known before anything changes.
+    if opts.command.is_empty() {
+        return Err(Error::refused(
+            "no command given",
+            "put the command after --, e.g. guard --lv vg0/root -- apt-get -y upgrade",
+        ));
+    }
+    child::resolve_program(&opts.command[0])?;
+    let sig = SignalState::install()?;
+    let run_id = journal::new_run_id();
+    let table = crate::mounts::read()?;
+    let mut plan = plan::build(lvm, &table, &opts.request, &run_id)?;
+    if opts.dry_run {
+        ui::print_block(&plan::describe(&plan));
+        ui::print_block("dry run: nothing was changed\n");
+        return Ok(0);
+    }
+    let holder = format!("run {run_id}: guard -- {}", lossy(&opts.command).join(" "));
+    let lock_targets: Vec<LockTarget> = plan
+        .targets
+        .iter()
+        .map(|t| LockTarget {
+            uuid: t.uuid.clone(),
+            name: t.full_name(),
+        })
+        .collect();
+    let (_locks, waited) = lock::lock_all(&lock_targets, &holder, opts.wait)?;
+    if waited {
+        // The run we waited for may have left snapshots or a pending merge: plan again.
+        plan = plan::build(lvm, &crate::mounts::read()?, &opts.request, &run_id)?;
+    }
+    let started = Instant::now();
+    let mut rec = new_record(&plan, opts);
+    journal.write(&mut rec)?;
+    ui::say(&format!("run {run_id}: protecting {}", names(&plan)));
+    snapshot_set(lvm, journal, &plan, &mut rec)?;
+
+    if let Some(s) = sig.pending() {
+        abort_after_snapshots(
+            lvm,
+            journal,
+            &mut rec,
+            &format!("interrupted by signal {s}"),
+        )?;
+        return Ok(128 + s);
+    }
+
+    rec.phase = Phase::Running;
+    journal.write(&mut rec)?;
+    let spec = RunSpec {
+        argv: &opts.command,
+        env: vec![("GUARD_RUN".into(), run_id.clone())],
+        timeout: opts.timeout,
+        tick_every: Duration::from_millis(200),
+    };
+    let mut on_spawn = |pid: u32| {
+        rec.child_pid = Some(pid);
+        rec.child_start = journal::process_start(pid);
+        if let Err(e) = journal.write(&mut rec) {
+            ui::warn(&format!("cannot record the command's PID: {e}"));
+        }
+    };
+    let finished = match child::run(&spec, &sig, &mut on_spawn, &mut || {}) {
+        Ok(f) => f,
+        Err(e) => {
+            // It could not start after all: nothing ran, so nothing to roll back.
+            abort_after_snapshots(lvm, journal, &mut rec, &e.to_string())?;
+            return Err(e);
+        }
+    };
+    if sig.hung_up() {
+        ui::warn(
+            "the terminal hung up while the command ran; the transaction was completed anyway",
+        );
+    }
+    let exit = finished.exit;
+    rec.outcome = Some(if exit.success() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    });
+    rec.exit_status = Some(exit.code());
+    rec.reason = Some(exit.describe());
+    rec.phase = Phase::Decided;
+    journal.write(&mut rec)?;
+    ui::say(&format!(
+        "command {}",
+        describe_exit(exit, finished.elapsed)
+    ));
+
+    let todo = apply_decision(lvm, journal, &mut rec, opts);
+    let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
+    emit_report(&report, opts);
+    Ok(exit.code())
+}
+
+fn names(plan: &Plan) -> String {
+    plan.targets
+        .iter()
+        .map(|t| t.full_name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn describe_exit(exit: Exit, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    match exit {
+        Exit::Code(0) => format!("succeeded after {secs:.1}s"),
+        e => format!("failed after {secs:.1}s: {}", e.describe()),
+    }
+}
+
+fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
+    let me = std::process::id();
+    RunRecord {
+        schema: journal::SCHEMA,
+        id: plan.run_id.clone(),
+        started: journal::now_rfc3339(),
+        updated: String::new(),
+        command: lossy(&opts.command),
+        guard_pid: me,
+        guard_start: journal::process_start(me).unwrap_or(0),
+        child_pid: None,
+        child_start: None,
+        phase: Phase::Snapshotting,
+        on_failure: format!("{:?}", opts.on_failure).to_lowercase(),
+        on_success: format!("{:?}", opts.on_success).to_lowercase(),
+        keep_until: None,
+        outcome: None,
+        exit_status: None,
+        reason: None,
+        final_state: None,
+        targets: plan
+            .targets
+            .iter()
+            .map(|t| TargetRecord {
+                vg: t.vg.clone(),
+                lv: t.lv.clone(),
+                snapshot: t.snapshot.clone(),
+                thin: t.pool.is_some(),
+                cow_bytes: t.cow_bytes,
+                mountpoints: t.mountpoints.clone(),
+                max_used_percent: None,
+                rollback: None,
+                note: None,
+            })
+            .collect(),
+    }
+}
+
+/// Takes every snapshot of the set, or none: if one fails, those already made are removed and
+/// the command never runs.
+fn snapshot_set(lvm: &dyn Lvm, journal: &Journal, plan: &Plan, rec: &mut RunRecord) -> Result<()> {
+    let tags = vec![TAG.to_string(), format!("{RUN_TAG_PREFIX}{}", plan.run_id)];
+    for t in &plan.targets {
+        let req = SnapshotRequest {
+            vg: t.vg.clone(),
+            origin: t.lv.clone(),
+            name: t.snapshot.clone(),
+            cow_bytes: t.cow_bytes,
+            tags: tags.clone(),
+        };
+        if let Err(e) = lvm.create_snapshot(&req) {
+            let cause = Error::Other(format!("cannot snapshot {}: {e}", t.full_name()));
+            return Err(
+                match abort_after_snapshots(lvm, journal, rec, "a snapshot of the set failed") {
+                    Ok(()) => cause,
+                    Err(rollback) => Error::RollbackFailed {
+                        cause: Box::new(cause),
+                        rollback: Box::new(rollback),
+                    },
+                },
+            );
+        }
+        ui::say(&format!(
+            "snapshot {}/{} of {} created ({})",
+            t.vg,
+            t.snapshot,
+            t.full_name(),
+            match t.cow_bytes {
+                Some(b) => format!("COW {}", crate::size::human(b)),
+                None => format!("thin, in pool {}", t.pool.as_deref().unwrap_or("?")),
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Removes whatever snapshots of the run exist; the run ends with nothing changed.
+fn abort_after_snapshots(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    why: &str,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    for t in rec.targets.iter().rev() {
+        if let Err(e) = lvm.remove(&t.vg, &t.snapshot) {
+            errors.push(format!("{}/{}: {e}", t.vg, t.snapshot));
+        }
+    }
+    rec.outcome = Some(Outcome::Aborted);
+    rec.reason = Some(why.to_string());
+    if errors.is_empty() {
+        rec.final_state = Some(Final::Nothing);
+        rec.phase = Phase::Done;
+        journal.write(rec)?;
+        ui::say(&format!("{why}: snapshots removed, nothing was changed"));
+        Ok(())
+    } else {
+        rec.phase = Phase::Committing;
+        journal.write(rec).ok();
+        Err(Error::Other(format!(
+            "snapshots left behind: {} (remove them with `guard recover`)",
+            errors.join("; ")
+        )))
+    }
+}
+
+/// Acts on the outcome; returns what is left for the operator to do.
+fn apply_decision(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    opts: &RunOptions,
+) -> Vec<String> {
+    let success = rec.outcome == Some(Outcome::Success);
+    let keep = if success {
+        opts.on_success == OnSuccess::Keep
+    } else {
+        opts.on_failure == OnFailure::Keep
+    };
+    let id = rec.id.clone();
+    let result = if keep {
+        keep_run(journal, rec, opts.keep)
+    } else if success {
+        commit(lvm, journal, rec).map(|_| vec![])
+    } else {
+        rollback::rollback_run(lvm, journal, rec).and_then(|todo| {
+            if opts.finish && rec.phase == Phase::RollbackScheduled {
+                rollback::finish(lvm, journal, rec)?;
+                return Ok(vec![]);
+            }
+            Ok(todo)
+        })
+    };
+    match result {
+        Ok(todo) => todo,
+        Err(e) => {
+            ui::error(&e.to_string());
+            vec![format!(
+                "guard could not finish run {id}: {e}; run `guard recover` after fixing the cause"
+            )]
+        }
+    }
+}
+
+fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> Result<Vec<String>> {
+    rec.phase = Phase::Kept;
+    rec.final_state = Some(Final::Kept);
+    rec.keep_until = keep
+        .map(|d| humantime::format_rfc3339_seconds(std::time::SystemTime::now() + d).to_string());
+    journal.write(rec)?;
+    let id = &rec.id;
+    let mut todo = vec![format!(
+        "snapshots kept: `guard commit {id}` keeps the change, `guard rollback {id}` undoes it"
+    )];
+    if let Some(until) = &rec.keep_until {
+        todo.push(format!("after {until} `guard recover --expire` commits it"));
+    }
+    Ok(todo)
+}
+
+/// Removes the run's snapshots: the change stays.
+pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<()> {
+    rec.phase = Phase::Committing;
+    journal.write(rec)?;
+    for t in &rec.targets {
+        lvm.remove(&t.vg, &t.snapshot)?;
+    }
+    rec.phase = Phase::Done;
+    rec.final_state = Some(Final::Committed);
+    journal.write(rec)
+}
+
+fn emit_report(report: &Report, opts: &RunOptions) {
+    ui::print_block(&report.human());
+    if opts.json {
+        ui::print_block(&format!("{}\n", report.json()));
+    }
+    if let Some(path) = &opts.report_file {
+        if let Err(e) = std::fs::write(path, format!("{}\n", report.json())) {
+            ui::error(&format!(
+                "cannot write the report to {}: {e}",
+                path.display()
+            ));
+        }
+    }
+}
