@@ -143,12 +143,26 @@ pub fn snapshot_name(vg: &str, lv: &str, run_id: &str) -> String {
     format!("{base}{suffix}")
 }
 
-pub fn build(
-    lvm: &dyn Lvm,
-    mount_table: &[Mount],
-    req: &PlanRequest,
-    run_id: &str,
-) -> Result<Plan> {
+/// The LVs the operator named, resolved against one `lvs` read, before any state checks: enough
+/// to take the locks, so that a second guard learns who holds a volume before anything else.
+pub struct Resolved {
+    lvs: Vec<Lv>,
+    vgs: Vec<Vg>,
+    /// (index into lvs, how it was named)
+    chosen: Vec<(usize, String)>,
+}
+
+impl Resolved {
+    /// (uuid, VG/LV) of every named volume.
+    pub fn volumes(&self) -> Vec<(String, String)> {
+        self.chosen
+            .iter()
+            .map(|(i, _)| (self.lvs[*i].uuid.clone(), self.lvs[*i].full_name()))
+            .collect()
+    }
+}
+
+pub fn resolve(lvm: &dyn Lvm, mount_table: &[Mount], req: &PlanRequest) -> Result<Resolved> {
     if req.lvs.is_empty() && req.mounts.is_empty() {
         return Err(Error::refused(
             "nothing to protect: no --lv or --mount given",
@@ -168,28 +182,61 @@ pub fn build(
     {
         vgs = lvm.vgs()?;
     }
-    // (lv, how named, mount point it was named by)
-    let mut chosen: Vec<(&Lv, String)> = Vec::new();
+    let index = |lv: &Lv| {
+        lvs.iter()
+            .position(|l| l.uuid == lv.uuid)
+            .expect("from this list")
+    };
+    let mut chosen = Vec::new();
     for s in &req.lvs {
         let (vg, name) = parse_lv_name(s)?;
-        chosen.push((
-            lookup_lv(&lvs, &vgs, &vg, &name, &format!("--lv {s}"))?,
-            format!("--lv {s}"),
-        ));
+        let lv = lookup_lv(&lvs, &vgs, &vg, &name, &format!("--lv {s}"))?;
+        chosen.push((index(lv), format!("--lv {s}")));
     }
     for p in &req.mounts {
         let (lv, _) = lv_for_mount(&lvs, mount_table, p)?;
-        chosen.push((lv, format!("--mount {}", p.display())));
+        chosen.push((index(lv), format!("--mount {}", p.display())));
     }
-    let mut targets: Vec<Target> = Vec::new();
     for (i, (lv, named)) in chosen.iter().enumerate() {
-        if let Some((_, first)) = chosen[..i].iter().find(|(o, _)| o.uuid == lv.uuid) {
+        if let Some((_, first)) = chosen[..i].iter().find(|(o, _)| o == lv) {
             return Err(Error::refused(
-                format!("{} is named twice ({first} and {named})", lv.full_name()),
+                format!(
+                    "{} is named twice ({first} and {named})",
+                    lvs[*lv].full_name()
+                ),
                 "name each logical volume once",
             ));
         }
-        check_target(&lvs, lv, named)?;
+    }
+    Ok(Resolved { lvs, vgs, chosen })
+}
+
+pub fn build(
+    lvm: &dyn Lvm,
+    mount_table: &[Mount],
+    req: &PlanRequest,
+    run_id: &str,
+) -> Result<Plan> {
+    let resolved = resolve(lvm, mount_table, req)?;
+    check_and_size(&resolved, mount_table, req, run_id)
+}
+
+/// State checks and sizes, on the volumes resolved (and, in a run, locked) before.
+pub fn check_and_size(
+    r: &Resolved,
+    mount_table: &[Mount],
+    req: &PlanRequest,
+    run_id: &str,
+) -> Result<Plan> {
+    let (lvs, vgs) = (&r.lvs, &r.vgs);
+    let chosen: Vec<(&Lv, String)> = r
+        .chosen
+        .iter()
+        .map(|(i, n)| (&lvs[*i], n.clone()))
+        .collect();
+    let mut targets: Vec<Target> = Vec::new();
+    for (lv, named) in chosen.iter() {
+        check_target(lvs, lv, named)?;
         let mountpoints: Vec<PathBuf> = lv
             .kernel_dev
             .map(|d| {

@@ -75,26 +75,27 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     let sig = SignalState::install()?;
     let run_id = journal::new_run_id();
     let table = crate::mounts::read()?;
-    let mut plan = plan::build(lvm, &table, &opts.request, &run_id)?;
+    let resolved = plan::resolve(lvm, &table, &opts.request)?;
     if opts.dry_run {
+        let plan = plan::check_and_size(&resolved, &table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
         ui::print_block("dry run: nothing was changed\n");
         return Ok(0);
     }
+    // Lock before the state checks: a second guard on a volume in use should hear who holds it.
     let holder = format!("run {run_id}: guard -- {}", lossy(&opts.command).join(" "));
-    let lock_targets: Vec<LockTarget> = plan
-        .targets
-        .iter()
-        .map(|t| LockTarget {
-            uuid: t.uuid.clone(),
-            name: t.full_name(),
-        })
+    let lock_targets: Vec<LockTarget> = resolved
+        .volumes()
+        .into_iter()
+        .map(|(uuid, name)| LockTarget { uuid, name })
         .collect();
     let (_locks, waited) = lock::lock_all(&lock_targets, &holder, opts.wait)?;
-    if waited {
-        // The run we waited for may have left snapshots or a pending merge: plan again.
-        plan = plan::build(lvm, &crate::mounts::read()?, &opts.request, &run_id)?;
-    }
+    let plan = if waited {
+        // The run we waited for may have left snapshots or a pending merge: look again.
+        plan::build(lvm, &crate::mounts::read()?, &opts.request, &run_id)?
+    } else {
+        plan::check_and_size(&resolved, &table, &opts.request, &run_id)?
+    };
     let started = Instant::now();
     let mut rec = new_record(&plan, opts);
     journal.write(&mut rec)?;

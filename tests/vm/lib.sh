@@ -1,0 +1,51 @@
+# Sourced by every guest-side test script (busybox sh, as root, in the VM).
+# A case: begin NAME; check "what" CMD...; end. The host runner counts PASS/FAIL lines.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export GUARD_NO_SYSLOG=1
+TNAME=""; TFAIL=0
+
+begin() { TNAME=$1; TFAIL=0; echo "--- $TNAME"; fresh; }
+end() { if [ "$TFAIL" = 0 ]; then echo "PASS $TNAME"; else echo "FAIL $TNAME"; fi; }
+note() { echo "  # $*"; }
+# check "description" command args...   (passes when the command exits 0)
+check() { d=$1; shift; if "$@"; then echo "  ok: $d"; else echo "  not ok: $d"; TFAIL=1; fi; }
+# check_out "description" FILE PATTERN   (grep -E in a captured output file)
+check_out() { if grep -qE -- "$3" "$2"; then echo "  ok: $1"; else echo "  not ok: $1 (no /$3/ in $2:)"; sed 's/^/    | /' "$2" | tail -15; TFAIL=1; fi; }
+check_eq() { if [ "$2" = "$3" ]; then echo "  ok: $1"; else echo "  not ok: $1 (got '$2', want '$3')"; TFAIL=1; fi; }
+
+# Wipe every VG and start again: vg on /dev/vda (256 MiB); /dev/vdb stays free for a second VG.
+fresh() {
+  for m in $(grep -o ' /mnt/[^ ]*' /proc/mounts | sort -r); do /sbin/fsfreeze -u "$m" 2>/dev/null; umount -l "$m" 2>/dev/null; done
+  for vg in $(vgs --noheadings -o vg_name 2>/dev/null); do vgremove -q -ff -y "$vg" >/dev/null 2>&1; done
+  dmsetup remove_all -f >/dev/null 2>&1
+  for d in /dev/vda /dev/vdb; do [ -b $d ] && pvremove -q -ff -y $d >/dev/null 2>&1; done
+  rm -rf /var/lib/guard /run/lock/guard /etc/guard
+  pvcreate -q -ff -y /dev/vda >/dev/null && vgcreate -q vg /dev/vda >/dev/null
+}
+
+# mkfs_lv NAME SIZE [MOUNTPOINT] [FSTYPE]: a filesystem LV holding a file "f" = original
+mkfs_lv() {
+  lvcreate -q -y -L "$2" -n "$1" vg >/dev/null
+  mkfs."${4:-ext4}" -q /dev/vg/"$1" >/dev/null 2>&1
+  mkdir -p /mnt/tmp; mount /dev/vg/"$1" /mnt/tmp; echo original > /mnt/tmp/f; sync; umount /mnt/tmp
+  if [ -n "${3:-}" ]; then mkdir -p "$3"; mount /dev/vg/"$1" "$3"; fi
+}
+# thin_lv NAME VSIZE POOLSIZE [MOUNTPOINT]
+thin_lv() {
+  lvs vg/pool >/dev/null 2>&1 || lvcreate -q -y -L "$3" -T vg/pool >/dev/null 2>&1
+  lvcreate -q -y -V "$2" -T vg/pool -n "$1" >/dev/null 2>&1
+  mkfs.ext4 -q /dev/vg/"$1" >/dev/null 2>&1
+  mkdir -p /mnt/tmp; mount /dev/vg/"$1" /mnt/tmp; echo original > /mnt/tmp/f; sync; umount /mnt/tmp
+  if [ -n "${4:-}" ]; then mkdir -p "$4"; mount /dev/vg/"$1" "$4"; fi
+}
+# content of f on an LV, mounting it read-only if needed
+content() {
+  mp=$(grep -E "^(/dev/mapper/vg-$(echo "$1" | sed 's/-/--/g')|/dev/vg/$1) " /proc/mounts | awk '{print $2}' | head -1)
+  if [ -n "$mp" ]; then cat "$mp/f"; return; fi
+  mkdir -p /mnt/ro; mount -o ro /dev/vg/"$1" /mnt/ro && cat /mnt/ro/f; umount /mnt/ro
+}
+guard_snapshots() { lvs --noheadings -o lv_name @guard 2>/dev/null | tr -d ' '; }
+no_guard_snapshots() { [ -z "$(guard_snapshots)" ]; }
+lvs_state() { lvs -a --noheadings -o vg_name,lv_name,lv_attr,lv_size,origin,lv_tags 2>&1; }
+run_id_of() { sed -n 's/.*run \([0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{4\}\).*/\1/p' "$1" | head -1; }
+fsck_clean() { e2fsck -fn /dev/vg/"$1" >/dev/null 2>&1; }
