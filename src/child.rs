@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -58,6 +58,11 @@ pub struct SignalState {
     /// A terminating signal that arrived while no command was running.
     pending: AtomicI32,
     hangup: AtomicBool,
+    /// Any SIGINT/SIGTERM/SIGQUIT: the watcher ends a hold on it.
+    terminate: AtomicBool,
+    /// `guard resume RUN` (SIGUSR1) and `guard rollback RUN` (SIGUSR2) while a run is held.
+    resume: AtomicBool,
+    rollback: AtomicBool,
 }
 
 impl SignalState {
@@ -65,13 +70,20 @@ impl SignalState {
     /// between two LVM steps.
     pub fn install() -> Result<Arc<SignalState>> {
         let state = Arc::new(SignalState::default());
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGQUIT, SIGHUP])
-            .map_err(|e| Error::io("cannot install signal handlers", e))?;
+        let mut signals = signal_hook::iterator::Signals::new([
+            SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2,
+        ])
+        .map_err(|e| Error::io("cannot install signal handlers", e))?;
         let st = state.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
-                if sig == SIGHUP {
-                    st.hangup.store(true, Ordering::SeqCst);
+                match sig {
+                    SIGHUP => st.hangup.store(true, Ordering::SeqCst),
+                    SIGUSR1 => st.resume.store(true, Ordering::SeqCst),
+                    SIGUSR2 => st.rollback.store(true, Ordering::SeqCst),
+                    _ => st.terminate.store(true, Ordering::SeqCst),
+                }
+                if matches!(sig, SIGHUP | SIGUSR1 | SIGUSR2) {
                     continue;
                 }
                 let pgid = st.child_pgid.load(Ordering::SeqCst);
@@ -96,6 +108,18 @@ impl SignalState {
 
     pub fn hung_up(&self) -> bool {
         self.hangup.load(Ordering::SeqCst)
+    }
+
+    pub fn take_terminate(&self) -> bool {
+        self.terminate.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn take_resume_request(&self) -> bool {
+        self.resume.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn take_rollback_request(&self) -> bool {
+        self.rollback.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -159,17 +183,18 @@ pub struct RunSpec<'a> {
     pub argv: &'a [OsString],
     pub env: Vec<(String, String)>,
     pub timeout: Option<Duration>,
-    /// How often `tick` runs while the command does (the COW watcher lives there).
-    pub tick_every: Duration,
+    /// The wait before the first `tick`; then each tick says when it wants the next (the
+    /// COW watcher lives there).
+    pub first_tick: Duration,
 }
 
-/// Runs the command to its end. `spawned` is told the PID at once (for the journal); `tick`
-/// runs every `tick_every` while the command lives.
+/// Runs the command to its end. `spawned` is told the PID at once; `tick` runs while the
+/// command lives and returns how long to wait before it runs again.
 pub fn run(
     spec: &RunSpec,
     sig: &SignalState,
     spawned: &mut dyn FnMut(u32),
-    tick: &mut dyn FnMut(),
+    tick: &mut dyn FnMut() -> Duration,
 ) -> Result<Finished> {
     let program = resolve_program(&spec.argv[0])?;
     let mut cmd = Command::new(&program);
@@ -214,15 +239,16 @@ pub fn run(
     });
     let deadline = spec.timeout.map(|t| start + t);
     let mut killed_at: Option<Instant> = None;
+    let mut wait = spec.first_tick;
     let status = loop {
-        match rx.recv_timeout(spec.tick_every) {
+        match rx.recv_timeout(wait) {
             Ok(st) => break st.map_err(|e| Error::io("cannot wait for the command", e))?,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(Error::Other("lost track of the command".into()))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        tick();
+        wait = tick();
         let now = Instant::now();
         match (deadline, killed_at) {
             (Some(d), None) if now >= d => {
@@ -232,6 +258,8 @@ pub fn run(
                     KILL_GRACE.as_secs()
                 ));
                 let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                // a group the watcher paused must wake up to die
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGCONT);
                 killed_at = Some(now);
             }
             (_, Some(k)) if now >= k + KILL_GRACE => {
@@ -301,9 +329,11 @@ mod tests {
                 argv: &argv,
                 env: vec![],
                 timeout,
-                tick_every: Duration::from_millis(20),
+                first_tick: Duration::from_millis(20),
             };
-            run(&spec, &sig, &mut |_| {}, &mut || {}).unwrap().exit
+            run(&spec, &sig, &mut |_| {}, &mut || Duration::from_millis(20))
+                .unwrap()
+                .exit
         };
         assert_eq!(run_sh("exit 7", None), Exit::Code(7));
         assert_eq!(run_sh("kill -9 $$", None), Exit::Signal(9));

@@ -67,7 +67,7 @@ pub struct RunArgs {
     #[arg(long = "mount", value_name = "PATH")]
     pub mounts: Vec<PathBuf>,
     /// COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub size: Option<String>,
     /// Stop the command after this long (30s, 10m, 1h) and count it as a failure
     #[arg(long, value_name = "DURATION")]
@@ -81,6 +81,12 @@ pub struct RunArgs {
     /// Keep the snapshots this long after success (implies --on-success keep)
     #[arg(long, value_name = "DURATION")]
     pub keep: Option<String>,
+    /// Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]
+    #[arg(long, value_name = "PCT")]
+    pub extend_at: Option<f64>,
+    /// When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "freeze")]
+    pub when_full: crate::watcher::WhenFull,
     /// If a rollback is deferred because a target is mounted, unmount it to finish now (not /)
     #[arg(long)]
     pub finish: bool,
@@ -126,6 +132,11 @@ pub enum Sub {
         #[arg(value_name = "RUN")]
         run: String,
     },
+    /// Let a run that guard froze (its VG was full) go on, once space was freed
+    Resume {
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
     /// Merge a run's snapshots back: its change is undone
     Rollback {
         #[arg(value_name = "RUN")]
@@ -133,6 +144,12 @@ pub enum Sub {
         /// Complete a deferred merge now: unmount the targets, reactivate, wait, mount again
         #[arg(long)]
         finish: bool,
+    },
+    /// Print the device-mapper status of a device as guard reads it (for diagnosis)
+    #[command(hide = true)]
+    DmStatus {
+        #[arg(value_name = "DM_NAME")]
+        name: String,
     },
     /// Print a shell completion script
     Completions {
@@ -192,6 +209,19 @@ pub fn build_run_options(a: &RunArgs) -> Result<RunOptions> {
         json: a.json,
         report_file: a.report.clone(),
         finish: a.finish,
+        watch: crate::watcher::WatchConfig {
+            extend_at: match a.extend_at {
+                None => crate::watcher::DEFAULT_EXTEND_AT,
+                Some(p) if (1.0..=99.0).contains(&p) => p,
+                Some(p) => {
+                    return Err(Error::refused(
+                        format!("--extend-at {p} is out of range"),
+                        "give a percentage from 1 to 99, e.g. --extend-at 50",
+                    ))
+                }
+            },
+            when_full: a.when_full,
+        },
     })
 }
 
@@ -265,6 +295,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             clap_complete::generate(shell, &mut Cli::command(), "guard", &mut std::io::stdout());
             Ok(0)
         }
+        Sub::DmStatus { name } => {
+            for t in crate::dm::Control::open()?.status(&name)? {
+                println!("{} {} {} {}", t.start, t.length, t.target_type, t.params);
+            }
+            Ok(0)
+        }
         Sub::Status { json, all } => {
             preflight()?;
             let st = status::collect(&lvm, &journal, all)?;
@@ -285,12 +321,46 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let mut rec = recover::load_run(&lvm, &journal, &run)?;
             commit_run(&lvm, &journal, &mut rec)
         }
+        Sub::Resume { run } => {
+            preflight()?;
+            let rec = journal.load(&run)?;
+            signal_running_guard(&rec, nix::sys::signal::Signal::SIGUSR1, "resume")
+        }
         Sub::Rollback { run, finish } => {
             preflight()?;
             let mut rec = recover::load_run(&lvm, &journal, &run)?;
+            if rec.phase == crate::journal::Phase::Running {
+                return signal_running_guard(&rec, nix::sys::signal::Signal::SIGUSR2, "roll back");
+            }
             rollback_cmd(&lvm, &journal, &mut rec, finish)
         }
     }
+}
+
+/// A run still in its guard's hands (held by the watcher) is steered by a signal to that guard.
+fn signal_running_guard(
+    rec: &crate::journal::RunRecord,
+    sig: nix::sys::signal::Signal,
+    what: &str,
+) -> Result<i32> {
+    if rec.phase != crate::journal::Phase::Running
+        || !crate::journal::process_alive(rec.guard_pid, rec.guard_start)
+    {
+        return Err(Error::refused(
+            format!(
+                "run {} is not running under a live guard (phase {:?})",
+                rec.id, rec.phase
+            ),
+            "see `guard status`; for a guard that is gone run `guard recover`",
+        ));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.guard_pid as i32), sig)
+        .map_err(|e| Error::Other(format!("cannot signal guard pid {}: {e}", rec.guard_pid)))?;
+    ui::say(&format!(
+        "asked guard (pid {}) to {what} run {}",
+        rec.guard_pid, rec.id
+    ));
+    Ok(0)
 }
 
 fn commit_run(

@@ -77,6 +77,10 @@ pub struct TargetRecord {
     pub rollback: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
+    #[serde(default)]
+    pub extensions: u32,
+    #[serde(default)]
+    pub invalidated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +104,12 @@ pub struct RunRecord {
     pub reason: Option<String>,
     pub final_state: Option<Final>,
     pub targets: Vec<TargetRecord>,
+    /// Mount points guard froze and holds now: recover thaws them if guard died.
+    #[serde(default)]
+    pub frozen: Vec<PathBuf>,
+    /// What the watcher did: extensions, freezes, invalidations.
+    #[serde(default)]
+    pub events: Vec<crate::watcher::Event>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -260,6 +270,8 @@ mod tests {
             reason: None,
             final_state: None,
             targets: vec![],
+            frozen: vec![],
+            events: vec![],
         }
     }
 

@@ -3,8 +3,10 @@
 //! tested.
 pub mod child;
 pub mod cli;
+pub mod dm;
 pub mod error;
 pub mod exec;
+pub mod freeze;
 pub mod journal;
 pub mod lock;
 pub mod log;
@@ -18,3 +20,4 @@ pub mod size;
 pub mod status;
 pub mod transaction;
 pub mod ui;
+pub mod watcher;

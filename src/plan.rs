@@ -23,6 +23,9 @@ pub struct Target {
     /// Thin LVs get thin snapshots (no COW size; the pool is what fills).
     pub pool: Option<String>,
     pub origin_size: u64,
+    pub extent: u64,
+    /// For thin origins: the pool's data size, which the watcher tracks.
+    pub pool_size: Option<u64>,
     pub cow_bytes: Option<u64>,
     pub snapshot: String,
     pub mountpoints: Vec<PathBuf>,
@@ -262,6 +265,12 @@ pub fn check_and_size(
             uuid: lv.uuid.clone(),
             pool: if thin { lv.pool.clone() } else { None },
             origin_size: lv.size,
+            extent: vg.extent_size,
+            pool_size: lv
+                .pool
+                .as_ref()
+                .and_then(|p| lvm::find(lvs, &lv.vg, p))
+                .map(|p| p.size),
             cow_bytes: (!thin).then(|| req.size.resolve(lv.size, vg.free, vg.extent_size)),
             snapshot: snapshot_name(&lv.vg, &lv.name, run_id),
             mountpoints,
@@ -293,10 +302,14 @@ pub fn check_and_size(
                     human(bytes),
                     parts.join(", ")
                 ),
-                format!(
-                    "pass a smaller --size (e.g. --size {}M), free space in {vg_name}, or add a disk (pvcreate + vgextend {vg_name} DISK)",
-                    (vg.free >> 20) / targets.iter().filter(|t| t.vg == vg_name).count().max(1) as u64
-                ),
+                if vg.free < vg.extent_size {
+                    format!("free space in {vg_name} (remove or shrink an LV), or add a disk (pvcreate DISK; vgextend {vg_name} DISK)")
+                } else {
+                    format!(
+                        "pass a smaller --size (e.g. --size {}M), free space in {vg_name}, or add a disk (pvcreate DISK; vgextend {vg_name} DISK)",
+                        (vg.free >> 20) / targets.iter().filter(|t| t.vg == vg_name).count().max(1) as u64
+                    )
+                },
             ));
         }
         space.push(VgSpace {

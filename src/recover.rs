@@ -60,6 +60,8 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             max_used_percent: None,
             rollback: s.merging.then(|| "scheduled".to_string()),
             note: None,
+            extensions: 0,
+            invalidated: s.invalid,
         });
     }
     if targets.is_empty() {
@@ -89,6 +91,8 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
         reason: Some("rebuilt from LVM tags".into()),
         final_state: merging.then_some(Final::RolledBack).or(Some(Final::Kept)),
         targets,
+        frozen: vec![],
+        events: vec![],
     })
 }
 
@@ -167,6 +171,16 @@ fn recover_run(
             rec.guard_pid
         ));
         return Ok(());
+    }
+    if !rec.frozen.is_empty() {
+        for p in std::mem::take(&mut rec.frozen) {
+            crate::freeze::thaw(&p)?;
+            sum.did(format!(
+                "run {id}: thawed {} (left frozen by a guard that is gone)",
+                p.display()
+            ));
+        }
+        journal.write(rec)?;
     }
     let lvs = lvm.lvs()?;
     let merge_tagged = rec.targets.iter().any(|t| {

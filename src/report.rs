@@ -18,6 +18,8 @@ pub struct TargetReport {
     pub rollback: String,
     pub completes_by: Option<String>,
     pub note: Option<String>,
+    pub extensions: u32,
+    pub invalidated: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -32,6 +34,7 @@ pub struct Report {
     pub action: String,
     pub duration_seconds: Option<f64>,
     pub targets: Vec<TargetReport>,
+    pub events: Vec<crate::watcher::Event>,
     pub todo: Vec<String>,
 }
 
@@ -77,8 +80,11 @@ impl Report {
                         .clone()
                         .filter(|_| t.rollback.as_deref() == Some("scheduled")),
                     note: t.note.clone(),
+                    extensions: t.extensions,
+                    invalidated: t.invalidated,
                 })
                 .collect(),
+            events: rec.events.clone(),
             todo,
         }
     }
@@ -109,9 +115,14 @@ impl Report {
         let mut s = format!("guard: run {}: {what}; {action}\n", self.run);
         for t in &self.targets {
             let used = match (t.max_used_percent, t.cow_bytes) {
-                (Some(p), Some(b)) => format!("COW use {p:.1}% of {}", human(b)),
+                (Some(p), Some(b)) => format!("COW use peaked at {p:.1}% of {}", human(b)),
                 (Some(p), None) => format!("thin pool data {p:.1}%"),
                 _ => "use unknown".into(),
+            };
+            let used = match (t.extensions, t.invalidated) {
+                (_, true) => format!("{used}, INVALIDATED"),
+                (0, _) => used,
+                (n, _) => format!("{used}, extended {n}x"),
             };
             let state = match t.rollback.as_str() {
                 "done" => "rolled back".to_string(),

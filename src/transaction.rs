@@ -10,6 +10,8 @@ use crate::plan::{self, Plan, PlanRequest};
 use crate::report::Report;
 use crate::rollback;
 use crate::ui;
+use crate::watcher::{WatchConfig, WatchItem, Watcher};
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -44,6 +46,7 @@ pub struct RunOptions {
     pub report_file: Option<PathBuf>,
     /// On a deferred rollback, unmount the targets to complete it now.
     pub finish: bool,
+    pub watch: WatchConfig,
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -114,20 +117,44 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
 
     rec.phase = Phase::Running;
     journal.write(&mut rec)?;
+    let mut watcher = new_watcher(&plan, opts.watch);
     let spec = RunSpec {
         argv: &opts.command,
         env: vec![("GUARD_RUN".into(), run_id.clone())],
         timeout: opts.timeout,
-        tick_every: Duration::from_millis(200),
+        first_tick: Duration::from_millis(20),
     };
+    // Both callbacks update the journal record: share it through a RefCell.
+    let rec_cell = RefCell::new(rec);
+    let child_pid = Cell::new(0u32);
     let mut on_spawn = |pid: u32| {
-        rec.child_pid = Some(pid);
-        rec.child_start = journal::process_start(pid);
-        if let Err(e) = journal.write(&mut rec) {
+        child_pid.set(pid);
+        let mut r = rec_cell.borrow_mut();
+        r.child_pid = Some(pid);
+        r.child_start = journal::process_start(pid);
+        if let Err(e) = journal.write(&mut r) {
             ui::warn(&format!("cannot record the command's PID: {e}"));
         }
     };
-    let finished = match child::run(&spec, &sig, &mut on_spawn, &mut || {}) {
+    let mut tick = || {
+        watcher.set_pgid(child_pid.get() as i32);
+        let next = watcher.tick(&sig);
+        if watcher.take_changed() {
+            let mut r = rec_cell.borrow_mut();
+            r.frozen = watcher.frozen_paths();
+            r.events = watcher.events.clone();
+            if let Err(e) = journal.write(&mut r) {
+                ui::warn(&format!("cannot journal the watcher's state: {e}"));
+            }
+        }
+        next
+    };
+    let result = child::run(&spec, &sig, &mut on_spawn, &mut tick);
+    watcher.settle(&sig);
+    watcher.finish();
+    let mut rec = rec_cell.into_inner();
+    record_watch(&mut rec, &watcher);
+    let finished = match result {
         Ok(f) => f,
         Err(e) => {
             // It could not start after all: nothing ran, so nothing to roll back.
@@ -147,7 +174,11 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         Outcome::Failure
     });
     rec.exit_status = Some(exit.code());
-    rec.reason = Some(exit.describe());
+    rec.reason = Some(if watcher.rollback_requested {
+        format!("stopped by guard to roll back ({})", exit.describe())
+    } else {
+        exit.describe()
+    });
     rec.phase = Phase::Decided;
     journal.write(&mut rec)?;
     ui::say(&format!(
@@ -159,6 +190,51 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
     Ok(exit.code())
+}
+
+fn new_watcher(plan: &Plan, cfg: WatchConfig) -> Watcher {
+    let items = plan
+        .targets
+        .iter()
+        .map(|t| match (&t.pool, t.cow_bytes) {
+            (Some(pool), _) => WatchItem::pool(
+                &t.vg,
+                &t.lv,
+                pool,
+                t.pool_size.unwrap_or(0),
+                t.extent,
+                t.mountpoints.clone(),
+            ),
+            (None, cow) => WatchItem::snapshot(
+                &t.vg,
+                &t.lv,
+                &t.snapshot,
+                cow.unwrap_or(0),
+                t.extent,
+                t.mountpoints.clone(),
+            ),
+        })
+        .collect();
+    let free = plan
+        .space
+        .iter()
+        .map(|v| (v.vg.clone(), v.free_after))
+        .collect();
+    Watcher::new(items, free, cfg, &plan.run_id)
+}
+
+/// What the watcher saw goes into the record (and so into the report and the journal).
+fn record_watch(rec: &mut RunRecord, w: &Watcher) {
+    for (t, it) in rec.targets.iter_mut().zip(&w.items) {
+        t.max_used_percent = Some((it.max_pct * 10.0).round() / 10.0);
+        t.extensions = it.extensions;
+        t.invalidated = it.invalid;
+        if !t.thin {
+            t.cow_bytes = Some(it.size);
+        }
+    }
+    rec.frozen.clear();
+    rec.events = w.events.clone();
 }
 
 fn names(plan: &Plan) -> String {
@@ -210,8 +286,12 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
                 max_used_percent: None,
                 rollback: None,
                 note: None,
+                extensions: 0,
+                invalidated: false,
             })
             .collect(),
+        frozen: vec![],
+        events: vec![],
     }
 }
 

@@ -36,3 +36,7 @@ pub fn error(msg: &str) {
 pub fn print_block(text: &str) {
     let _ = write!(std::io::stderr().lock(), "{text}");
 }
+
+pub fn is_quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}

@@ -13,7 +13,7 @@ check() { d=$1; shift; if "$@"; then echo "  ok: $d"; else echo "  not ok: $d"; 
 check_out() { if grep -qE -- "$3" "$2"; then echo "  ok: $1"; else echo "  not ok: $1 (no /$3/ in $2:)"; sed 's/^/    | /' "$2" | tail -15; TFAIL=1; fi; }
 check_eq() { if [ "$2" = "$3" ]; then echo "  ok: $1"; else echo "  not ok: $1 (got '$2', want '$3')"; TFAIL=1; fi; }
 
-# Wipe every VG and start again: vg on /dev/vda (256 MiB); /dev/vdb stays free for a second VG.
+# Wipe every VG and start again: vg on /dev/vda (512 MiB); /dev/vdb stays free for a second VG.
 fresh() {
   for m in $(grep -o ' /mnt/[^ ]*' /proc/mounts | sort -r); do /sbin/fsfreeze -u "$m" 2>/dev/null; umount -l "$m" 2>/dev/null; done
   for vg in $(vgs --noheadings -o vg_name 2>/dev/null); do vgremove -q -ff -y "$vg" >/dev/null 2>&1; done
@@ -49,3 +49,14 @@ no_guard_snapshots() { [ -z "$(guard_snapshots)" ]; }
 lvs_state() { lvs -a --noheadings -o vg_name,lv_name,lv_attr,lv_size,origin,lv_tags 2>&1; }
 run_id_of() { sed -n 's/.*run \([0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{4\}\).*/\1/p' "$1" | head -1; }
 fsck_clean() { e2fsck -fn /dev/vg/"$1" >/dev/null 2>&1; }
+# write_mb FILE MIB [sync]: write MIB MiB of zeros in 1 MiB pieces, each one fsynced with "sync"
+# (busybox dd has no oflag=dsync). A program, so that `guard -- sh -c '...'` can call it.
+cat > /usr/bin/write_mb <<'W'
+#!/bin/sh
+if [ "${3:-}" = sync ]; then
+  i=0; while [ $i -lt "$2" ]; do dd if=/dev/zero of="$1" bs=1M count=1 seek=$i conv=notrunc,fsync 2>/dev/null || exit 1; i=$((i+1)); done
+else
+  dd if=/dev/zero of="$1" bs=1M count="$2" 2>/dev/null
+fi
+W
+chmod +x /usr/bin/write_mb

@@ -19,7 +19,7 @@ for f in "$here"/cases/*.sh; do
   # each case file gets its own boot: a hung case cannot take the others with it
   { echo '. /host/lib.sh; mkdir -p /tmp/w; cd /tmp/w'; cat "$f"; } > "$share/case.sh"
   t0=$(date +%s)
-  out=$("$here/vm.sh" run --disks 2 --mb 256 --share "$share" --timeout "${GUARD_VM_CASE_TIMEOUT:-900}" "$share/case.sh" 2>&1)
+  out=$("$here/vm.sh" run --disks 2 --mb 512 --share "$share" --timeout "${GUARD_VM_CASE_TIMEOUT:-900}" "$share/case.sh" 2>&1)
   echo "$out" | sed "s/^/[$name] /"
   p=$(echo "$out" | grep -c '^PASS '); fl=$(echo "$out" | grep -c '^FAIL ')
   if [ "$p" -eq 0 ] && [ "$fl" -eq 0 ]; then fl=1; echo "[$name] FAIL (no case finished: boot or harness problem)"; fi

@@ -17,7 +17,7 @@ PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1
       libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=4
+RECIPE=5
 
 need_host_tools() {
   local missing="" p
@@ -79,7 +79,7 @@ prepare() {
   # Rust binaries unwind through libgcc_s
   cp -Ln /lib/x86_64-linux-gnu/libgcc_s.so.1 "$R/lib/x86_64-linux-gnu/"
   for t in lvcreate lvs vgcreate pvcreate lvconvert lvremove lvextend lvrename vgs pvs lvchange vgchange \
-           lvdisplay vgremove pvremove vgextend lvresize; do ln -sf lvm "$R/sbin/$t"; done
+           lvdisplay vgremove pvremove vgextend lvresize lvreduce vgcfgbackup; do ln -sf lvm "$R/sbin/$t"; done
   for t in thin_check thin_dump thin_repair thin_restore; do
     ln -sf pdata_tools "$R/sbin/$t"; ln -sf /sbin/pdata_tools "$R/usr/sbin/$t"; done
   ln -sf /sbin/pdata_tools "$R/usr/sbin/pdata_tools"

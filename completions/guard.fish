@@ -1,0 +1,74 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_guard_global_optspecs
+    string join \n lv= mount= size= timeout= on-failure= on-success= keep= extend-at= when-full= finish dry-run wait json report= q/quiet h/help V/version
+end
+
+function __fish_guard_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_guard_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_guard_using_subcommand
+    set -l cmd (__fish_guard_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c guard -n "__fish_guard_needs_command" -l lv -d 'Protect this logical volume (repeatable)' -r
+complete -c guard -n "__fish_guard_needs_command" -l mount -d 'Protect the logical volume mounted at (or holding) this path (repeatable)' -r -F
+complete -c guard -n "__fish_guard_needs_command" -l size -d 'COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]' -r
+complete -c guard -n "__fish_guard_needs_command" -l timeout -d 'Stop the command after this long (30s, 10m, 1h) and count it as a failure' -r
+complete -c guard -n "__fish_guard_needs_command" -l on-failure -d 'What to do when the command fails' -r -f -a "rollback\t'Merge the snapshots back: undo the change'
+keep\t'Keep the snapshots for `guard rollback RUN` or `guard commit RUN`'"
+complete -c guard -n "__fish_guard_needs_command" -l on-success -d 'What to do when the command succeeds' -r -f -a "discard\t'Remove the snapshots: keep the change'
+keep\t'Keep the snapshots until `guard commit RUN` (or `guard rollback RUN`)'"
+complete -c guard -n "__fish_guard_needs_command" -l keep -d 'Keep the snapshots this long after success (implies --on-success keep)' -r
+complete -c guard -n "__fish_guard_needs_command" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]' -r
+complete -c guard -n "__fish_guard_needs_command" -l when-full -d 'When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue' -r -f -a "freeze\t'Freeze the filesystem and hold the command until `guard resume` or `guard rollback`'
+rollback\t'Stop the command and roll back'
+continue\t'Let the snapshot fill: the operator accepts losing the rollback point'"
+complete -c guard -n "__fish_guard_needs_command" -l report -d 'Write the final report as JSON to FILE' -r -F
+complete -c guard -n "__fish_guard_needs_command" -l finish -d 'If a rollback is deferred because a target is mounted, unmount it to finish now (not /)'
+complete -c guard -n "__fish_guard_needs_command" -l dry-run -d 'Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing'
+complete -c guard -n "__fish_guard_needs_command" -l wait -d 'Wait for another guard run holding one of the volumes instead of failing at once'
+complete -c guard -n "__fish_guard_needs_command" -l json -d 'Also write the final report as one JSON object to stderr'
+complete -c guard -n "__fish_guard_needs_command" -s q -l quiet -d 'Print only warnings, errors and the summary'
+complete -c guard -n "__fish_guard_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c guard -n "__fish_guard_needs_command" -s V -l version -d 'Print version'
+complete -c guard -n "__fish_guard_needs_command" -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
+complete -c guard -n "__fish_guard_needs_command" -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
+complete -c guard -n "__fish_guard_needs_command" -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
+complete -c guard -n "__fish_guard_needs_command" -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
+complete -c guard -n "__fish_guard_needs_command" -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
+complete -c guard -n "__fish_guard_needs_command" -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
+complete -c guard -n "__fish_guard_needs_command" -a "completions" -d 'Print a shell completion script'
+complete -c guard -n "__fish_guard_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand status" -l json -d 'Machine-readable output (schema guard.status/1)'
+complete -c guard -n "__fish_guard_using_subcommand status" -l all -d 'Include finished runs'
+complete -c guard -n "__fish_guard_using_subcommand status" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand recover" -l expire -d 'Also commit kept runs whose keep window has ended'
+complete -c guard -n "__fish_guard_using_subcommand recover" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand commit" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand resume" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand rollback" -l finish -d 'Complete a deferred merge now: unmount the targets, reactivate, wait, mount again'
+complete -c guard -n "__fish_guard_using_subcommand rollback" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand dm-status" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
