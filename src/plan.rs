@@ -330,7 +330,7 @@ fn check_target(lvs: &[Lv], lv: &Lv, named: &str) -> Result<()> {
     if lv.is_internal() {
         return Err(Error::refused(
             format!(
-                "{name} ({named}) is a {} , not a volume that holds data",
+                "{name} ({named}) is a {}, not a volume that holds data",
                 lv.segtype
             ),
             "name the thin volumes or logical volumes that hold filesystems",

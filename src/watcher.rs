@@ -84,6 +84,8 @@ pub struct WatchItem {
     pub extensions: u32,
     pub invalid: bool,
     last: Option<Instant>,
+    /// The sample before `last`: the crossing that triggers an action happened after it.
+    prev: Option<Instant>,
 }
 
 impl WatchItem {
@@ -153,6 +155,7 @@ impl WatchItem {
             extensions: 0,
             invalid: false,
             last: None,
+            prev: None,
         }
     }
     fn name(&self) -> String {
@@ -240,6 +243,9 @@ struct InFlight {
     item: usize,
     bytes: u64,
     started: Instant,
+    /// From the sample before the crossing to the lvextend issued: an upper bound on how long
+    /// guard took to react.
+    reaction: Duration,
 }
 
 pub struct Watcher {
@@ -416,6 +422,7 @@ impl Watcher {
         it.used = used;
         it.size = size;
         it.meta_pct = meta_pct;
+        it.prev = it.last;
         it.last = Some(now);
         it.max_pct = it.max_pct.max(it.pct());
     }
@@ -486,6 +493,7 @@ impl Watcher {
         cmd.arg(&target)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        let reaction = it.prev.map(|p| p.elapsed()).unwrap_or_default();
         match cmd.spawn() {
             Ok(child) => {
                 self.inflight = Some(InFlight {
@@ -493,6 +501,7 @@ impl Watcher {
                     item: i,
                     bytes,
                     started: Instant::now(),
+                    reaction,
                 })
             }
             Err(e) => ui::error(&format!("cannot run lvextend: {e}")),
@@ -520,11 +529,14 @@ impl Watcher {
             it.size += f.bytes;
             let what = if it.thin { "thin pool" } else { "snapshot" };
             let detail = format!(
-                "{what} {}/{} +{} in {:.2}s",
+                "{what} {}/{} +{} in {:.2}s (issued <= {} ms after the need arose; {:.0}% of the old size used when it landed; rate {}/s)",
                 it.vg,
                 it.extend_lv,
                 human(f.bytes),
-                took.as_secs_f64()
+                took.as_secs_f64(),
+                f.reaction.as_millis(),
+                it.used as f64 * 100.0 / it.size.saturating_sub(f.bytes).max(1) as f64,
+                human(it.rate as u64)
             );
             ui::say(&format!("{name}: extended {detail}"));
             self.event("extended", name, detail);
