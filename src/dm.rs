@@ -44,7 +44,8 @@ impl Control {
         if name.len() >= DM_NAME_LEN {
             return Err(Error::Other(format!("device-mapper name too long: {name}")));
         }
-        let mut size = 16 * 1024;
+        // status lines are short: 4 KiB holds dozens of targets; it grows when the kernel says so
+        let mut size = 4 * 1024;
         loop {
             // u64 words: the kernel reads the struct with 8-byte alignment
             let mut buf = vec![0u64; size / 8];

@@ -54,6 +54,7 @@ pub const DEFAULT_EXTEND_AT: f64 = 50.0;
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(100);
 const MIN_STEP: u64 = 8 << 20;
+const RATE_WINDOW: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Event {
@@ -86,6 +87,9 @@ pub struct WatchItem {
     last: Option<Instant>,
     /// The sample before `last`: the crossing that triggers an action happened after it.
     prev: Option<Instant>,
+    /// Recent (time, used) samples: the rate is measured over RATE_WINDOW, so that one fsync
+    /// landing between two 20 ms samples does not read as a torrent.
+    hist: std::collections::VecDeque<(Instant, u64)>,
 }
 
 impl WatchItem {
@@ -156,6 +160,7 @@ impl WatchItem {
             invalid: false,
             last: None,
             prev: None,
+            hist: std::collections::VecDeque::new(),
         }
     }
     fn name(&self) -> String {
@@ -268,6 +273,8 @@ pub struct Watcher {
     changed: bool,
     live: bool,
     last_draw: Option<Instant>,
+    dirty: u64,
+    dirty_at: Option<Instant>,
 }
 
 impl Watcher {
@@ -298,6 +305,8 @@ impl Watcher {
             changed: false,
             live,
             last_draw: None,
+            dirty: 0,
+            dirty_at: None,
         }
     }
 
@@ -342,8 +351,16 @@ impl Watcher {
             self.draw();
             return Duration::from_millis(200);
         }
-        let dirty = dirty_bytes();
         let now = Instant::now();
+        // /proc/meminfo is costly to generate: read it at most every 250 ms
+        if self
+            .dirty_at
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250))
+        {
+            self.dirty = dirty_bytes();
+            self.dirty_at = Some(now);
+        }
+        let dirty = self.dirty;
         let mut hot = false;
         for i in 0..self.items.len() {
             self.sample(i, now);
@@ -409,15 +426,20 @@ impl Watcher {
             }
         };
         let it = &mut self.items[i];
-        if let Some(last) = it.last {
-            let dt = now.duration_since(last).as_secs_f64().max(1e-3);
-            let inst = used.saturating_sub(it.used) as f64 / dt;
-            // fast attack, slow decay: a burst is believed at once, a pause only slowly
-            it.rate = if inst > it.rate {
-                inst
-            } else {
-                it.rate * 0.8 + inst * 0.2
-            };
+        it.hist.push_back((now, used));
+        while it.hist.len() > 2
+            && it
+                .hist
+                .get(1)
+                .is_some_and(|(t, _)| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            it.hist.pop_front();
+        }
+        if let Some(&(t0, u0)) = it.hist.front() {
+            let dt = now.duration_since(t0).as_secs_f64();
+            if dt > 0.0 {
+                it.rate = used.saturating_sub(u0) as f64 / dt;
+            }
         }
         it.used = used;
         it.size = size;

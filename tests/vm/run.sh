@@ -13,8 +13,32 @@ cp "$top/target/$profile/guard" "$share/guard"
 cp "$here/lib.sh" "$share/"
 "$here/vm.sh" prepare
 passed=0; failed=0; start=$(date +%s)
+tally() {  # NAME OUTPUT: print and count one boot's results
+  local name=$1 out=$2 p fl
+  echo "$out" | sed "s/^/[$name] /"
+  p=$(echo "$out" | grep -c '^PASS '); fl=$(echo "$out" | grep -c '^FAIL ')
+  passed=$((passed + p)); failed=$((failed + fl))
+}
+# Two-boot cases (NAME.boot1.sh, NAME.boot2.sh): the same disks across both boots, so the second
+# is a reboot; boot 1 may end in a power cut (the guest creates /host/.powercut).
+for f in "$here"/cases/*.boot1.sh; do
+  [ -e "$f" ] || continue
+  name=$(basename "$f" .boot1.sh)
+  [ -n "$pattern" ] && [[ "$name" != *$pattern* ]] && continue
+  t0=$(date +%s)
+  d1=$(mktemp /tmp/guard-vm-pdisk.XXXXXX); d2=$(mktemp /tmp/guard-vm-pdisk.XXXXXX)
+  truncate -s 512M "$d1" "$d2"
+  for b in 1 2; do
+    { echo '. /host/lib.sh; mkdir -p /tmp/w; cd /tmp/w'; cat "$here/cases/$name.boot$b.sh"; } > "$share/case.sh"
+    out=$("$here/vm.sh" run --disk "$d1" --disk "$d2" --share "$share" --timeout 600 "$share/case.sh" 2>&1)
+    tally "$name/boot$b" "$out"
+  done
+  rm -f "$d1" "$d2"
+  echo "[$name] two boots in $(( $(date +%s) - t0 ))s"
+done
 for f in "$here"/cases/*.sh; do
   name=$(basename "$f" .sh)
+  [[ "$name" == *.boot[12] ]] && continue
   [ -n "$pattern" ] && [[ "$name" != *$pattern* ]] && continue
   # each case file gets its own boot: a hung case cannot take the others with it
   { echo '. /host/lib.sh; mkdir -p /tmp/w; cd /tmp/w'; cat "$f"; } > "$share/case.sh"
