@@ -4,7 +4,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export GUARD_NO_SYSLOG=1
 TNAME=""; TFAIL=0
 
-begin() { TNAME=$1; TFAIL=0; echo "--- $TNAME"; fresh; }
+# NOFRESH=1 keeps the disks as they are (the second boot of a two-boot case)
+begin() { TNAME=$1; TFAIL=0; echo "--- $TNAME"; [ -n "${NOFRESH:-}" ] || fresh; }
 end() { if [ "$TFAIL" = 0 ]; then echo "PASS $TNAME"; else echo "FAIL $TNAME"; fi; }
 note() { echo "  # $*"; }
 # check "description" command args...   (passes when the command exits 0)

@@ -15,7 +15,7 @@ cp "$here/lib.sh" "$share/"
 passed=0; failed=0; start=$(date +%s)
 tally() {  # NAME OUTPUT: print and count one boot's results
   local name=$1 out=$2 p fl
-  echo "$out" | sed "s/^/[$name] /"
+  echo "$out" | sed "s|^|[$name] |"
   p=$(echo "$out" | grep -c '^PASS '); fl=$(echo "$out" | grep -c '^FAIL ')
   passed=$((passed + p)); failed=$((failed + fl))
 }
@@ -32,7 +32,11 @@ for f in "$here"/cases/*.boot1.sh; do
     { echo '. /host/lib.sh; mkdir -p /tmp/w; cd /tmp/w'; cat "$here/cases/$name.boot$b.sh"; } > "$share/case.sh"
     out=$("$here/vm.sh" run --disk "$d1" --disk "$d2" --share "$share" --timeout 600 "$share/case.sh" 2>&1)
     tally "$name/boot$b" "$out"
+    [ -n "$out" ] || { echo "[$name/boot$b] (no output; console:)"; tail -5 "$share/.vm-console" | sed "s#^#[$name/boot$b] | #"; }
   done
+  if [ "$(echo "$out" | grep -c '^\(PASS\|FAIL\) ')" = 0 ]; then
+    failed=$((failed + 1)); echo "[$name] FAIL (boot 2 finished no case: boot or harness problem)"
+  fi
   rm -f "$d1" "$d2"
   echo "[$name] two boots in $(( $(date +%s) - t0 ))s"
 done
@@ -44,7 +48,7 @@ for f in "$here"/cases/*.sh; do
   { echo '. /host/lib.sh; mkdir -p /tmp/w; cd /tmp/w'; cat "$f"; } > "$share/case.sh"
   t0=$(date +%s)
   out=$("$here/vm.sh" run --disks 2 --mb 512 --share "$share" --timeout "${GUARD_VM_CASE_TIMEOUT:-900}" "$share/case.sh" 2>&1)
-  echo "$out" | sed "s/^/[$name] /"
+  echo "$out" | sed "s|^|[$name] |"
   p=$(echo "$out" | grep -c '^PASS '); fl=$(echo "$out" | grep -c '^FAIL ')
   if [ "$p" -eq 0 ] && [ "$fl" -eq 0 ]; then fl=1; echo "[$name] FAIL (no case finished: boot or harness problem)"; fi
   passed=$((passed + p)); failed=$((failed + fl))

@@ -1,7 +1,7 @@
 # Boot 2, after the power cut: activation (as at boot), then `guard recover` as the boot service would.
 vgchange -q -ay vg >/dev/null 2>&1
 mkdir -p /var/lib/guard; mount /dev/vdb /var/lib/guard
-begin power_cut_mid_command_then_recover_at_boot
+NOFRESH=1 begin power_cut_mid_command_then_recover_at_boot
 drun=$(run_id_of /var/lib/guard/data.out); wrun=$(run_id_of /var/lib/guard/web.out)
 note "runs: data $drun, web $wrun"
 guard recover > rec1 2>&1; rc=$?
