@@ -17,7 +17,7 @@ PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1
       libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=5
+RECIPE=6
 
 need_host_tools() {
   local missing="" p
@@ -73,7 +73,7 @@ prepare() {
   # util-linux and coreutils as a real server has them (guard execs by PATH and gets these first)
   for b in /usr/bin/findmnt /usr/bin/lsblk /usr/sbin/fsfreeze /usr/sbin/blkid /usr/bin/mount /usr/bin/umount \
            /usr/bin/flock /usr/bin/setsid /usr/bin/setpriv /usr/bin/timeout /usr/bin/md5sum /usr/bin/sha256sum \
-           /usr/bin/stat /usr/bin/env; do
+           /usr/bin/stat /usr/bin/env /usr/bin/script; do
     [ -e "$b" ] && copy_prog "$b" "$R"
   done
   # Rust binaries unwind through libgcc_s
@@ -96,6 +96,7 @@ C
 #!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts; mount -t devpts -o ptmxmode=666 devpts /dev/pts; ln -sf pts/ptmx /dev/ptmx
 mkdir -p /run/lock /run/lvm /dev/shm /host /tmp /var/lib /var/log /root; ln -sf /proc/self/mounts /etc/mtab
 # crc32c_generic first, or ext4 mounts fail with "Cannot load crc32c driver"
 for m in crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-snapshot dm-thin-pool ext4 xfs 9pnet_virtio 9p; do

@@ -185,3 +185,14 @@ check "no lock left held" sh -c '! ls /run/lock/guard/*.lock >/dev/null 2>&1 || 
 guard recover > rec3 2>&1
 check_out "second recover changes nothing" rec3 "nothing to recover"
 end
+
+begin interactive_command_gets_the_terminal
+# Under a real pseudo-terminal (script(1)), the command must be the terminal's foreground job:
+# otherwise its read of the terminal stops it with SIGTTIN and the run hangs.
+mkfs_lv data 64M /mnt/data
+( sleep 4; echo yes ) | timeout 60 /sbin/script -qfec "guard --lv vg/data -- sh -c 'printf \"Continue? \"; read answer; echo \"answer=\$answer\" > /mnt/data/answer'" /dev/null > out 2>&1; rc=$?
+check_eq "guard under a terminal exits 0" "$rc" 0
+check_out "the prompt reached the terminal" out "Continue\?"
+check "the command read the answer from the terminal" grep -q 'answer=yes' /mnt/data/answer
+check "no guard snapshot left" no_guard_snapshots
+end
