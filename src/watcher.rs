@@ -580,6 +580,14 @@ impl Watcher {
         }
     }
 
+    /// Waits for the extension under way, if any, and books its result.
+    fn wait_inflight(&mut self) {
+        if let Some(f) = self.inflight.as_mut() {
+            let _ = f.child.wait();
+        }
+        self.poll_inflight();
+    }
+
     fn full(&mut self, i: usize) {
         let it = &self.items[i];
         let name = it.name();
@@ -710,11 +718,7 @@ impl Watcher {
             {
                 if it.pct() >= self.cfg.extend_at / 2.0 {
                     self.start_extension(i, step, false);
-                    if let Some(mut f) = self.inflight.take() {
-                        let _ = f.child.wait();
-                        self.inflight = Some(f);
-                        self.poll_inflight();
-                    }
+                    self.wait_inflight();
                 }
             }
         }
@@ -804,11 +808,7 @@ impl Watcher {
 
     /// After the command: nothing left frozen or stopped, the live line cleared.
     pub fn finish(&mut self) {
-        if let Some(mut f) = self.inflight.take() {
-            let _ = f.child.wait();
-            self.inflight = Some(f);
-            self.poll_inflight();
-        }
+        self.wait_inflight();
         if let Some(mut f) = self.frozen.take() {
             if let Err(e) = f.thaw_all() {
                 ui::error(&e.to_string());
