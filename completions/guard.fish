@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_guard_global_optspecs
-    string join \n lv= mount= size= timeout= on-failure= on-success= keep= extend-at= when-full= finish dry-run wait json report= q/quiet h/help V/version
+    string join \n policy= lv= mount= size= timeout= check= on-failure= on-success= keep= extend-at= when-full= no-freeze finish dry-run wait json report= q/quiet h/help V/version
 end
 
 function __fish_guard_needs_command
@@ -24,20 +24,24 @@ function __fish_guard_using_subcommand
     contains -- $cmd[1] $argv
 end
 
+complete -c guard -n "__fish_guard_needs_command" -l policy -d 'Follow a policy: a name (/etc/guard/policies, /usr/share/guard/policies, built-in) or a path to a .toml file; flags given here override it' -r
 complete -c guard -n "__fish_guard_needs_command" -l lv -d 'Protect this logical volume (repeatable)' -r
 complete -c guard -n "__fish_guard_needs_command" -l mount -d 'Protect the logical volume mounted at (or holding) this path (repeatable)' -r -F
 complete -c guard -n "__fish_guard_needs_command" -l size -d 'COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]' -r
 complete -c guard -n "__fish_guard_needs_command" -l timeout -d 'Stop the command after this long (30s, 10m, 1h) and count it as a failure' -r
-complete -c guard -n "__fish_guard_needs_command" -l on-failure -d 'What to do when the command fails' -r -f -a "rollback\t'Merge the snapshots back: undo the change'
-keep\t'Keep the snapshots for `guard rollback RUN` or `guard commit RUN`'"
-complete -c guard -n "__fish_guard_needs_command" -l on-success -d 'What to do when the command succeeds' -r -f -a "discard\t'Remove the snapshots: keep the change'
+complete -c guard -n "__fish_guard_needs_command" -l check -d 'After the command exits 0, run this health check (repeatable; split into words like a shell would, run without one); a failing check is a failure' -r
+complete -c guard -n "__fish_guard_needs_command" -l on-failure -d 'What to do when the command fails [default: rollback]' -r -f -a "rollback\t'Merge the snapshots back: undo the change'
+keep\t'Keep the snapshots for `guard rollback RUN` or `guard commit RUN`'
+ask\t'On a terminal, show the exit status and COW use and ask (rollback when nobody answers)'"
+complete -c guard -n "__fish_guard_needs_command" -l on-success -d 'What to do when the command succeeds [default: discard]' -r -f -a "discard\t'Remove the snapshots: keep the change'
 keep\t'Keep the snapshots until `guard commit RUN` (or `guard rollback RUN`)'"
 complete -c guard -n "__fish_guard_needs_command" -l keep -d 'Keep the snapshots this long after success (implies --on-success keep)' -r
 complete -c guard -n "__fish_guard_needs_command" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]' -r
-complete -c guard -n "__fish_guard_needs_command" -l when-full -d 'When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue' -r -f -a "freeze\t'Freeze the filesystem and hold the command until `guard resume` or `guard rollback`'
+complete -c guard -n "__fish_guard_needs_command" -l when-full -d 'When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue [default: freeze]' -r -f -a "freeze\t'Freeze the filesystem and hold the command until `guard resume` or `guard rollback`'
 rollback\t'Stop the command and roll back'
 continue\t'Let the snapshot fill: the operator accepts losing the rollback point'"
 complete -c guard -n "__fish_guard_needs_command" -l report -d 'Write the final report as JSON to FILE' -r -F
+complete -c guard -n "__fish_guard_needs_command" -l no-freeze -d 'Do not hold a set of volumes at one moment while snapshotting it (each LV is still snapshotted with its filesystem frozen by lvm2)'
 complete -c guard -n "__fish_guard_needs_command" -l finish -d 'If a rollback is deferred because a target is mounted, unmount it to finish now (not /)'
 complete -c guard -n "__fish_guard_needs_command" -l dry-run -d 'Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing'
 complete -c guard -n "__fish_guard_needs_command" -l wait -d 'Wait for another guard run holding one of the volumes instead of failing at once'
@@ -51,6 +55,7 @@ complete -c guard -n "__fish_guard_needs_command" -a "commit" -d 'Remove a kept 
 complete -c guard -n "__fish_guard_needs_command" -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
 complete -c guard -n "__fish_guard_needs_command" -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
 complete -c guard -n "__fish_guard_needs_command" -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
+complete -c guard -n "__fish_guard_needs_command" -a "policy" -d 'Check and list policies'
 complete -c guard -n "__fish_guard_needs_command" -a "completions" -d 'Print a shell completion script'
 complete -c guard -n "__fish_guard_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c guard -n "__fish_guard_using_subcommand status" -l json -d 'Machine-readable output (schema guard.status/1)'
@@ -63,12 +68,26 @@ complete -c guard -n "__fish_guard_using_subcommand resume" -s h -l help -d 'Pri
 complete -c guard -n "__fish_guard_using_subcommand rollback" -l finish -d 'Complete a deferred merge now: unmount the targets, reactivate, wait, mount again'
 complete -c guard -n "__fish_guard_using_subcommand rollback" -s h -l help -d 'Print help'
 complete -c guard -n "__fish_guard_using_subcommand dm-status" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand policy; and not __fish_seen_subcommand_from check list help" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand policy; and not __fish_seen_subcommand_from check list help" -f -a "check" -d 'Validate a policy and print the settings it gives (merged with the defaults)'
+complete -c guard -n "__fish_guard_using_subcommand policy; and not __fish_seen_subcommand_from check list help" -f -a "list" -d 'List the policies --policy can find, in search order'
+complete -c guard -n "__fish_guard_using_subcommand policy; and not __fish_seen_subcommand_from check list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from check" -l json -d 'Machine-readable output (schema guard.policy/1)'
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from list" -l json
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "check" -d 'Validate a policy and print the settings it gives (merged with the defaults)'
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "list" -d 'List the policies --policy can find, in search order'
+complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c guard -n "__fish_guard_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "policy" -d 'Check and list policies'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status policy completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "check" -d 'Validate a policy and print the settings it gives (merged with the defaults)'
+complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List the policies --policy can find, in search order'

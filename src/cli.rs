@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::lvm::real::RealLvm;
 use crate::plan::PlanRequest;
+use crate::policy::{self, Policy};
 use crate::size::{SizeSpec, DEFAULT_SIZE};
 use crate::transaction::{OnFailure, OnSuccess, RunOptions};
 use crate::{recover, rollback, status, transaction, ui};
@@ -60,6 +61,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Follow a policy: a name (/etc/guard/policies, /usr/share/guard/policies, built-in) or a
+    /// path to a .toml file; flags given here override it
+    #[arg(long, value_name = "NAME|FILE")]
+    pub policy: Option<String>,
     /// Protect this logical volume (repeatable)
     #[arg(long = "lv", value_name = "VG/LV")]
     pub lvs: Vec<String>,
@@ -72,12 +77,16 @@ pub struct RunArgs {
     /// Stop the command after this long (30s, 10m, 1h) and count it as a failure
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// What to do when the command fails
-    #[arg(long, value_enum, value_name = "ACTION", default_value = "rollback")]
-    pub on_failure: OnFailure,
-    /// What to do when the command succeeds
-    #[arg(long, value_enum, value_name = "ACTION", default_value = "discard")]
-    pub on_success: OnSuccess,
+    /// After the command exits 0, run this health check (repeatable; split into words like a
+    /// shell would, run without one); a failing check is a failure
+    #[arg(long = "check", value_name = "CMD")]
+    pub checks: Vec<String>,
+    /// What to do when the command fails [default: rollback]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_failure: Option<OnFailure>,
+    /// What to do when the command succeeds [default: discard]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_success: Option<OnSuccess>,
     /// Keep the snapshots this long after success (implies --on-success keep)
     #[arg(long, value_name = "DURATION")]
     pub keep: Option<String>,
@@ -85,8 +94,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PCT")]
     pub extend_at: Option<f64>,
     /// When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue
-    #[arg(long, value_enum, value_name = "ACTION", default_value = "freeze")]
-    pub when_full: crate::watcher::WhenFull,
+    /// [default: freeze]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub when_full: Option<crate::watcher::WhenFull>,
+    /// Do not hold a set of volumes at one moment while snapshotting it (each LV is still
+    /// snapshotted with its filesystem frozen by lvm2)
+    #[arg(long)]
+    pub no_freeze: bool,
     /// If a rollback is deferred because a target is mounted, unmount it to finish now (not /)
     #[arg(long)]
     pub finish: bool,
@@ -151,10 +165,32 @@ pub enum Sub {
         #[arg(value_name = "DM_NAME")]
         name: String,
     },
+    /// Check and list policies
+    Policy {
+        #[command(subcommand)]
+        sub: PolicySub,
+    },
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicySub {
+    /// Validate a policy and print the settings it gives (merged with the defaults)
+    Check {
+        #[arg(value_name = "NAME|FILE")]
+        policy: String,
+        /// Machine-readable output (schema guard.policy/1)
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the policies --policy can find, in search order
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -174,35 +210,58 @@ fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// Second step: raw flags to checked options. No system calls here.
-pub fn build_run_options(a: &RunArgs) -> Result<RunOptions> {
+/// Second step: raw flags (and the policy, read beforehand) to checked options. No system
+/// calls here beyond finding --check programs.
+pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOptions> {
+    let p = policy.cloned().unwrap_or_default();
     let size = match &a.size {
         Some(s) => s.parse::<SizeSpec>()?,
-        None => DEFAULT_SIZE,
+        None => p.size.unwrap_or(DEFAULT_SIZE),
     };
-    let keep = a
-        .keep
-        .as_deref()
-        .map(|k| parse_duration("--keep", k))
-        .transpose()?;
-    Ok(RunOptions {
-        request: PlanRequest {
-            lvs: a.lvs.clone(),
-            mounts: a.mounts.clone(),
-            size,
-        },
-        command: a.command.clone(),
-        timeout: a
-            .timeout
-            .as_deref()
-            .map(|t| parse_duration("--timeout", t))
-            .transpose()?,
-        on_failure: a.on_failure,
-        on_success: if keep.is_some() {
+    let keep = match &a.keep {
+        Some(k) => Some(parse_duration("--keep", k)?),
+        None => p.keep,
+    };
+    let timeout = match &a.timeout {
+        Some(t) => Some(parse_duration("--timeout", t)?),
+        None => p.timeout,
+    };
+    let extend_at = match a.extend_at.or(p.extend_at) {
+        None => crate::watcher::DEFAULT_EXTEND_AT,
+        Some(v) if (1.0..=99.0).contains(&v) => v,
+        Some(v) => {
+            return Err(Error::refused(
+                format!("--extend-at {v} is out of range"),
+                "give a percentage from 1 to 99, e.g. --extend-at 50",
+            ))
+        }
+    };
+    // Targets on the command line replace the policy's: "these volumes, with apt's rules".
+    let (lvs, mounts) = if a.lvs.is_empty() && a.mounts.is_empty() {
+        (p.lvs.clone(), p.mounts.clone())
+    } else {
+        (a.lvs.clone(), a.mounts.clone())
+    };
+    let mut checks = p.checks.clone();
+    for c in &a.checks {
+        checks.push(crate::hooks::check_from_flag(c)?);
+    }
+    let on_success = if a.keep.is_some() {
+        OnSuccess::Keep
+    } else {
+        // a keep window alone (from the policy) means keep
+        a.on_success.or(p.on_success).unwrap_or(if keep.is_some() {
             OnSuccess::Keep
         } else {
-            a.on_success
-        },
+            OnSuccess::Discard
+        })
+    };
+    Ok(RunOptions {
+        request: PlanRequest { lvs, mounts, size },
+        command: a.command.clone(),
+        timeout,
+        on_failure: a.on_failure.or(p.on_failure).unwrap_or(OnFailure::Rollback),
+        on_success,
         keep,
         dry_run: a.dry_run,
         wait: a.wait,
@@ -210,18 +269,20 @@ pub fn build_run_options(a: &RunArgs) -> Result<RunOptions> {
         report_file: a.report.clone(),
         finish: a.finish,
         watch: crate::watcher::WatchConfig {
-            extend_at: match a.extend_at {
-                None => crate::watcher::DEFAULT_EXTEND_AT,
-                Some(p) if (1.0..=99.0).contains(&p) => p,
-                Some(p) => {
-                    return Err(Error::refused(
-                        format!("--extend-at {p} is out of range"),
-                        "give a percentage from 1 to 99, e.g. --extend-at 50",
-                    ))
-                }
-            },
-            when_full: a.when_full,
+            extend_at,
+            when_full: a
+                .when_full
+                .or(p.when_full)
+                .unwrap_or(crate::watcher::WhenFull::Freeze),
         },
+        freeze: !a.no_freeze && p.freeze.unwrap_or(true),
+        freeze_limit: p
+            .freeze_timeout
+            .unwrap_or(crate::consistency::DEFAULT_LIMIT),
+        hooks: p.hooks.clone(),
+        checks,
+        warn_unless_on_lvm: p.warn_unless_on_lvm.clone(),
+        policy: a.policy.clone(),
     })
 }
 
@@ -286,7 +347,8 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let _ = Cli::command().print_help();
             return Ok(125);
         }
-        let opts = build_run_options(&cli.run)?;
+        let policy = cli.run.policy.as_deref().map(policy::load).transpose()?;
+        let opts = build_run_options(&cli.run, policy.as_ref())?;
         preflight()?;
         return Ok(transaction::run(&lvm, &journal, &opts));
     };
@@ -295,6 +357,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             clap_complete::generate(shell, &mut Cli::command(), "guard", &mut std::io::stdout());
             Ok(0)
         }
+        Sub::Policy { sub } => policy_cmd(sub),
         Sub::DmStatus { name } => {
             for t in crate::dm::Control::open()?.status(&name)? {
                 println!("{} {} {} {}", t.start, t.length, t.target_type, t.params);
@@ -333,6 +396,46 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 return signal_running_guard(&rec, nix::sys::signal::Signal::SIGUSR2, "roll back");
             }
             rollback_cmd(&lvm, &journal, &mut rec, finish)
+        }
+    }
+}
+
+fn policy_cmd(sub: PolicySub) -> Result<i32> {
+    match sub {
+        PolicySub::List { json } => {
+            let all = policy::list();
+            if json {
+                let v = serde_json::json!({"schema": "guard.policy-list/1", "policies": all});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for p in all {
+                    println!(
+                        "{:<16} {:<44} {}{}",
+                        p.name,
+                        p.source,
+                        p.description,
+                        if p.shadowed {
+                            " (hidden by the one above)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(0)
+        }
+        PolicySub::Check { policy: spec, json } => {
+            let p = policy::load(&spec)?;
+            let cli = Cli::try_parse_from(["guard", "--policy", &spec])
+                .map_err(|e| Error::Other(e.to_string()))?;
+            let o = build_run_options(&cli.run, Some(&p))?;
+            let eff = policy::effective(&p, &o);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&eff)?);
+            } else {
+                print!("{}", policy::effective_text(&eff));
+            }
+            Ok(0)
         }
     }
 }
@@ -466,13 +569,13 @@ mod tests {
             "guard", "--lv", "vg/a", "--size", "8M", "--keep", "10m", "--", "true",
         ])
         .unwrap();
-        let o = build_run_options(&cli.run).unwrap();
+        let o = build_run_options(&cli.run, None).unwrap();
         assert_eq!(o.request.size, SizeSpec::Bytes(8 << 20));
         assert_eq!(o.on_success, OnSuccess::Keep);
         assert_eq!(o.keep, Some(Duration::from_secs(600)));
         let cli = Cli::try_parse_from(["guard", "--lv", "vg/a", "--timeout", "soon", "--", "true"])
             .unwrap();
-        let e = build_run_options(&cli.run).unwrap_err().to_string();
+        let e = build_run_options(&cli.run, None).unwrap_err().to_string();
         assert!(e.contains("invalid --timeout"), "{e}");
     }
 }

@@ -81,6 +81,80 @@ impl Control {
     }
 }
 
+/// _IOWR(0xfd, DM_DEV_SUSPEND_CMD = 6, struct dm_ioctl): suspends, or resumes without the flag
+const DM_DEV_SUSPEND: libc::c_ulong =
+    (3 << 30) | ((IOCTL_SIZE as libc::c_ulong) << 16) | (0xfd << 8) | 6;
+const DM_SUSPEND_FLAG: u32 = 1 << 1;
+
+/// A `struct dm_ioctl` naming one device, with no payload: what DM_DEV_SUSPEND takes. Built
+/// ahead of time so that a forked watchdog can issue it without allocating.
+pub fn dev_request(name: &str, flags: u32) -> Result<Vec<u64>> {
+    if name.len() >= DM_NAME_LEN {
+        return Err(Error::Other(format!("device-mapper name too long: {name}")));
+    }
+    let mut buf = vec![0u64; IOCTL_SIZE.div_ceil(8)];
+    // SAFETY: reinterpreting an owned u64 buffer as bytes of the same length.
+    let bytes: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, buf.len() * 8) };
+    put_u32(bytes, 0, 4);
+    put_u32(bytes, 12, IOCTL_SIZE as u32);
+    put_u32(bytes, 16, IOCTL_SIZE as u32);
+    put_u32(bytes, 28, flags);
+    bytes[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    Ok(buf)
+}
+
+/// Issues DM_DEV_SUSPEND with a prepared request; async-signal-safe (one ioctl).
+pub fn raw_suspend_ioctl(fd: libc::c_int, req: &mut [u64]) -> libc::c_int {
+    // SAFETY: `req` is a dm_ioctl of IOCTL_SIZE bytes built by dev_request.
+    unsafe { libc::ioctl(fd, DM_DEV_SUSPEND as _, req.as_mut_ptr()) }
+}
+
+impl Control {
+    pub fn raw_fd(&self) -> libc::c_int {
+        self.file.as_raw_fd()
+    }
+
+    /// Suspends a device the way `dmsetup suspend` does: its filesystem, if any, is frozen
+    /// through the block device (freeze_bdev, which lvm2's own suspends can nest into, unlike
+    /// FIFREEZE on kernels before 6.8) and its I/O is queued.
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        self.suspend_ioctl(name, DM_SUSPEND_FLAG, "suspend")
+    }
+
+    /// Resumes a suspended device; a device that is not suspended is left as it is.
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.suspend_ioctl(name, 0, "resume")
+    }
+
+    /// Whether the device exists and is suspended.
+    pub fn is_suspended(&self, name: &str) -> bool {
+        let Ok(mut req) = dev_request(name, 0) else {
+            return false;
+        };
+        // DM_DEV_STATUS (cmd 7) reports the flags without changing anything
+        const DM_DEV_STATUS: libc::c_ulong =
+            (3 << 30) | ((IOCTL_SIZE as libc::c_ulong) << 16) | (0xfd << 8) | 7;
+        // SAFETY: as in raw_suspend_ioctl.
+        let r = unsafe { libc::ioctl(self.raw_fd(), DM_DEV_STATUS as _, req.as_mut_ptr()) };
+        // SAFETY: reading the kernel's answer as bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(req.as_ptr() as *const u8, req.len() * 8) };
+        r == 0 && get_u32(bytes, 28) & DM_SUSPEND_FLAG != 0
+    }
+
+    fn suspend_ioctl(&self, name: &str, flags: u32, what: &str) -> Result<()> {
+        let mut req = dev_request(name, flags)?;
+        if raw_suspend_ioctl(self.raw_fd(), &mut req) < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(Error::io(
+                format!("cannot {what} device-mapper device {name}"),
+                e,
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
 }

@@ -110,6 +110,16 @@ pub struct RunRecord {
     /// What the watcher did: extensions, freezes, invalidations.
     #[serde(default)]
     pub events: Vec<crate::watcher::Event>,
+    /// Device-mapper devices guard holds suspended (the consistency point of a set): the
+    /// watchdog resumes them if guard dies; recover checks again.
+    #[serde(default)]
+    pub suspended: Vec<String>,
+    /// The policy the run followed (its rollback hooks apply to `guard rollback RUN` too).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Why a command that exited 0 still counted as a failure.
+    #[serde(default)]
+    pub failed_check: Option<String>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -272,6 +282,9 @@ mod tests {
             targets: vec![],
             frozen: vec![],
             events: vec![],
+            suspended: vec![],
+            policy: None,
+            failed_check: None,
         }
     }
 

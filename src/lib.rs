@@ -3,16 +3,20 @@
 //! tested.
 pub mod child;
 pub mod cli;
+pub mod consistency;
 pub mod dm;
 pub mod error;
 pub mod exec;
+pub mod fault;
 pub mod freeze;
+pub mod hooks;
 pub mod journal;
 pub mod lock;
 pub mod log;
 pub mod lvm;
 pub mod mounts;
 pub mod plan;
+pub mod policy;
 pub mod recover;
 pub mod report;
 pub mod rollback;

@@ -55,7 +55,7 @@ pub struct Plan {
 }
 
 /// `vg/lv` or `/dev/vg/lv`.
-fn parse_lv_name(s: &str) -> Result<(String, String)> {
+pub fn parse_lv_name(s: &str) -> Result<(String, String)> {
     let t = s.strip_prefix("/dev/").unwrap_or(s);
     match t.split_once('/') {
         Some((vg, lv)) if !vg.is_empty() && !lv.is_empty() && !lv.contains('/') => {
@@ -99,7 +99,7 @@ fn lookup_lv<'a>(lvs: &'a [Lv], vgs: &[Vg], vg: &str, name: &str, asked: &str) -
     })
 }
 
-fn lv_for_mount<'a>(lvs: &'a [Lv], mounts: &[Mount], path: &Path) -> Result<(&'a Lv, PathBuf)> {
+pub fn lv_for_mount<'a>(lvs: &'a [Lv], mounts: &[Mount], path: &Path) -> Result<(&'a Lv, PathBuf)> {
     let canon = std::fs::canonicalize(path).map_err(|e| {
         Error::refused(
             format!("--mount {}: {e}", path.display()),
@@ -149,7 +149,7 @@ pub fn snapshot_name(vg: &str, lv: &str, run_id: &str) -> String {
 /// The LVs the operator named, resolved against one `lvs` read, before any state checks: enough
 /// to take the locks, so that a second guard learns who holds a volume before anything else.
 pub struct Resolved {
-    lvs: Vec<Lv>,
+    pub lvs: Vec<Lv>,
     vgs: Vec<Vg>,
     /// (index into lvs, how it was named)
     chosen: Vec<(usize, String)>,
@@ -202,6 +202,10 @@ pub fn resolve(lvm: &dyn Lvm, mount_table: &[Mount], req: &PlanRequest) -> Resul
     }
     for (i, (lv, named)) in chosen.iter().enumerate() {
         if let Some((_, first)) = chosen[..i].iter().find(|(o, _)| o == lv) {
+            // Two paths on one LV (/ and /var when /var is not separate): take it once.
+            if first.starts_with("--mount") && named.starts_with("--mount") {
+                continue;
+            }
             return Err(Error::refused(
                 format!(
                     "{} is named twice ({first} and {named})",
@@ -211,6 +215,12 @@ pub fn resolve(lvm: &dyn Lvm, mount_table: &[Mount], req: &PlanRequest) -> Resul
             ));
         }
     }
+    let mut seen = Vec::new();
+    chosen.retain(|(lv, _)| {
+        let first = !seen.contains(lv);
+        seen.push(*lv);
+        first
+    });
     Ok(Resolved { lvs, vgs, chosen })
 }
 

@@ -93,6 +93,9 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
         targets,
         frozen: vec![],
         events: vec![],
+        suspended: vec![],
+        policy: None,
+        failed_check: None,
     })
 }
 
@@ -179,6 +182,19 @@ fn recover_run(
                 "run {id}: thawed {} (left frozen by a guard that is gone)",
                 p.display()
             ));
+        }
+        journal.write(rec)?;
+    }
+    if !rec.suspended.is_empty() {
+        // The watchdog resumes these when guard dies; this is the second line of defence.
+        let ctl = crate::dm::Control::open()?;
+        for n in std::mem::take(&mut rec.suspended) {
+            if ctl.is_suspended(&n) {
+                ctl.resume(&n)?;
+                sum.did(format!(
+                    "run {id}: resumed {n} (left suspended by a guard that is gone)"
+                ));
+            }
         }
         journal.write(rec)?;
     }

@@ -3,6 +3,7 @@
 //! killed at any point leaves enough for `guard recover` to finish the job.
 use crate::child::{self, Exit, RunSpec, SignalState};
 use crate::error::{Error, Result};
+use crate::hooks::{self, CheckSpec, HookEnv, HookPoint, HookSpec};
 use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
 use crate::lock::{self, LockTarget};
 use crate::lvm::{Lvm, SnapshotRequest, RUN_TAG_PREFIX, TAG};
@@ -16,15 +17,19 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnFailure {
     /// Merge the snapshots back: undo the change.
     Rollback,
     /// Keep the snapshots for `guard rollback RUN` or `guard commit RUN`.
     Keep,
+    /// On a terminal, show the exit status and COW use and ask (rollback when nobody answers).
+    Ask,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnSuccess {
     /// Remove the snapshots: keep the change.
     Discard,
@@ -47,6 +52,15 @@ pub struct RunOptions {
     /// On a deferred rollback, unmount the targets to complete it now.
     pub finish: bool,
     pub watch: WatchConfig,
+    /// Hold the set at one moment while it is snapshotted (sets of two or more volumes).
+    pub freeze: bool,
+    pub freeze_limit: Duration,
+    pub hooks: Vec<HookSpec>,
+    pub checks: Vec<CheckSpec>,
+    /// Paths that should be on LVM for a whole rollback: warn when not.
+    pub warn_unless_on_lvm: Vec<PathBuf>,
+    /// The policy the run follows, by name or path (kept in the journal).
+    pub policy: Option<String>,
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -79,6 +93,10 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     let run_id = journal::new_run_id();
     let table = crate::mounts::read()?;
     let resolved = plan::resolve(lvm, &table, &opts.request)?;
+    let warnings = off_lvm_warnings(&resolved, &table, &opts.warn_unless_on_lvm);
+    for w in &warnings {
+        ui::warn(w);
+    }
     if opts.dry_run {
         let plan = plan::check_and_size(&resolved, &table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
@@ -100,10 +118,32 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         plan::check_and_size(&resolved, &table, &opts.request, &run_id)?
     };
     let started = Instant::now();
+    let env = HookEnv {
+        run_id: run_id.clone(),
+        targets: names(&plan),
+        ..Default::default()
+    };
+    let before = |e: Error| {
+        Error::refused(
+            format!("{e}; nothing was changed"),
+            "fix the hook (see `guard policy check`), or run without the policy",
+        )
+    };
+    hooks::run_point(&opts.hooks, HookPoint::PreSnapshot, &env).map_err(before)?;
+    // Holds (a database lock in an open session) are in place before the snapshots and end
+    // once they exist; dropping them on an error path ends them too.
+    let mut holds = Vec::new();
+    for h in opts.hooks.iter().filter(|h| h.when == HookPoint::Hold) {
+        holds.push(hooks::start_hold(h, &env).map_err(before)?);
+    }
     let mut rec = new_record(&plan, opts);
     journal.write(&mut rec)?;
     ui::say(&format!("run {run_id}: protecting {}", names(&plan)));
-    snapshot_set(lvm, journal, &plan, &mut rec)?;
+    snapshot_set(lvm, journal, &plan, &mut rec, opts)?;
+    for mut h in holds {
+        h.end();
+    }
+    hooks::run_point_reporting(&opts.hooks, HookPoint::PostSnapshot, &env);
 
     if let Some(s) = sig.pending() {
         abort_after_snapshots(
@@ -179,17 +219,56 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     } else {
         exit.describe()
     });
-    rec.phase = Phase::Decided;
-    journal.write(&mut rec)?;
     ui::say(&format!(
         "command {}",
         describe_exit(exit, finished.elapsed)
     ));
+    let mut code = exit.code();
+    // Health checks judge a command that says it succeeded; they run before the decision.
+    if exit.success() && !watcher.rollback_requested {
+        let env = HookEnv {
+            exit_status: Some(0),
+            ..env.clone()
+        };
+        if let Some(why) = hooks::run_checks(&opts.checks, &env) {
+            rec.outcome = Some(Outcome::Failure);
+            rec.reason = Some(why.clone());
+            rec.failed_check = Some(why);
+            code = EXIT_CHECK_FAILED;
+        }
+    }
+    rec.phase = Phase::Decided;
+    journal.write(&mut rec)?;
 
-    let todo = apply_decision(lvm, journal, &mut rec, opts);
+    let todo = apply_decision(lvm, journal, &mut rec, opts, &env, &watcher);
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
-    Ok(exit.code())
+    Ok(code)
+}
+
+/// Exit status when the command exited 0 but a health check failed (and the failure policy
+/// was applied). Next to 124 (timeout) and 125 (guard refused).
+pub const EXIT_CHECK_FAILED: i32 = 123;
+
+/// Paths the policy wants on LVM (e.g. /boot for apt) that are not: a rollback of the set
+/// would not restore them.
+fn off_lvm_warnings(
+    resolved: &plan::Resolved,
+    table: &[crate::mounts::Mount],
+    paths: &[PathBuf],
+) -> Vec<String> {
+    paths
+        .iter()
+        .filter(|p| p.exists())
+        .filter(|p| plan::lv_for_mount(&resolved.lvs, table, p).is_err())
+        .map(|p| {
+            format!(
+                "{} is not on LVM: a rollback will not restore it. For /boot this means the kernels and initramfs images there stay new while / and /lib/modules roll back; keep a copy (tar) of {} before the change, or move it to an LV",
+                p.display(),
+                p.display()
+            )
+        })
+        .collect()
 }
 
 fn new_watcher(plan: &Plan, cfg: WatchConfig) -> Watcher {
@@ -292,22 +371,69 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
             .collect(),
         frozen: vec![],
         events: vec![],
+        suspended: vec![],
+        policy: opts.policy.clone(),
+        failed_check: None,
     }
 }
 
 /// Takes every snapshot of the set, or none: if one fails, those already made are removed and
 /// the command never runs.
-fn snapshot_set(lvm: &dyn Lvm, journal: &Journal, plan: &Plan, rec: &mut RunRecord) -> Result<()> {
+fn snapshot_set(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    plan: &Plan,
+    rec: &mut RunRecord,
+    opts: &RunOptions,
+) -> Result<()> {
     let tags = vec![TAG.to_string(), format!("{RUN_TAG_PREFIX}{}", plan.run_id)];
-    for t in &plan.targets {
+    // One LV needs no hold: lvcreate freezes its filesystem itself while it snapshots it.
+    let mut held = None;
+    if opts.freeze && plan.targets.len() > 1 {
+        let names: Vec<String> = plan
+            .targets
+            .iter()
+            .map(|t| crate::dm::dm_name(&t.vg, &t.lv))
+            .collect();
+        rec.suspended = names.clone();
+        journal.write(rec)?;
+        match crate::consistency::hold(&names, opts.freeze_limit) {
+            Ok(h) => held = Some(h),
+            Err(e) => {
+                rec.suspended.clear();
+                let _ = abort_after_snapshots(lvm, journal, rec, "the set could not be held");
+                return Err(Error::Other(format!(
+                    "cannot hold the set at one moment: {e} (nothing was changed; --no-freeze snapshots each volume on its own)"
+                )));
+            }
+        }
+    }
+    for (i, t) in plan.targets.iter().enumerate() {
+        crate::fault::pause(&format!("before-snapshot-{}", i + 1));
         let req = SnapshotRequest {
             vg: t.vg.clone(),
             origin: t.lv.clone(),
             name: t.snapshot.clone(),
             cow_bytes: t.cow_bytes,
             tags: tags.clone(),
+            held: held.is_some(),
         };
-        if let Err(e) = lvm.create_snapshot(&req) {
+        let made = if crate::fault::fail(&format!("snapshot-{}", i + 1)) {
+            Err(Error::Other("test fault: snapshot failed".into()))
+        } else {
+            lvm.create_snapshot(&req)
+        };
+        let made = made.and_then(|()| match &held {
+            Some(h) if h.overdue() => Err(Error::Other(format!(
+                "holding the set took longer than its limit ({:.1}s): the snapshots may not show one moment",
+                h.elapsed().as_secs_f64()
+            ))),
+            _ => Ok(()),
+        });
+        if let Err(e) = made {
+            // Resume the held volumes before removing snapshots (lvremove suspends origins).
+            drop(held.take());
+            rec.suspended.clear();
             let cause = Error::Other(format!("cannot snapshot {}: {e}", t.full_name()));
             return Err(
                 match abort_after_snapshots(lvm, journal, rec, "a snapshot of the set failed") {
@@ -329,6 +455,23 @@ fn snapshot_set(lvm: &dyn Lvm, journal: &Journal, plan: &Plan, rec: &mut RunReco
                 None => format!("thin, in pool {}", t.pool.as_deref().unwrap_or("?")),
             }
         ));
+        crate::fault::pause(&format!("after-snapshot-{}", i + 1));
+    }
+    if let Some(mut h) = held {
+        h.release()?;
+        ui::say(&format!(
+            "set held for {:.2}s: the snapshots show one moment",
+            h.elapsed().as_secs_f64()
+        ));
+        rec.suspended.clear();
+        journal.write(rec)?;
+        let mut vgs: Vec<&str> = plan.targets.iter().map(|t| t.vg.as_str()).collect();
+        vgs.dedup();
+        for vg in vgs {
+            if let Err(e) = lvm.backup_metadata(vg) {
+                ui::warn(&format!("cannot back up the metadata of VG {vg}: {e}"));
+            }
+        }
     }
     Ok(())
 }
@@ -370,12 +513,23 @@ fn apply_decision(
     journal: &Journal,
     rec: &mut RunRecord,
     opts: &RunOptions,
+    env: &HookEnv,
+    watcher: &Watcher,
 ) -> Vec<String> {
     let success = rec.outcome == Some(Outcome::Success);
+    let env = HookEnv {
+        outcome: Some(if success { "success" } else { "failure" }.into()),
+        exit_status: rec.exit_status,
+        ..env.clone()
+    };
+    let on_failure = match opts.on_failure {
+        OnFailure::Ask if !success => ask_after_failure(rec, watcher),
+        other => other,
+    };
     let keep = if success {
         opts.on_success == OnSuccess::Keep
     } else {
-        opts.on_failure == OnFailure::Keep
+        on_failure == OnFailure::Keep
     };
     let id = rec.id.clone();
     let result = if keep {
@@ -383,6 +537,7 @@ fn apply_decision(
     } else if success {
         commit(lvm, journal, rec).map(|_| vec![])
     } else {
+        hooks::run_point_reporting(&opts.hooks, HookPoint::PreRollback, &env);
         rollback::rollback_run(lvm, journal, rec).and_then(|todo| {
             if opts.finish && rec.phase == Phase::RollbackScheduled {
                 rollback::finish(lvm, journal, rec)?;
@@ -391,6 +546,17 @@ fn apply_decision(
             Ok(todo)
         })
     };
+    if result.is_ok() {
+        // a failure whose snapshots are kept has no hook point: nothing was decided yet
+        let point = match (success, keep) {
+            (true, _) => Some(HookPoint::PostSuccess),
+            (false, false) => Some(HookPoint::PostRollback),
+            (false, true) => None,
+        };
+        if let Some(p) = point {
+            hooks::run_point_reporting(&opts.hooks, p, &env);
+        }
+    }
     match result {
         Ok(todo) => todo,
         Err(e) => {
@@ -398,6 +564,53 @@ fn apply_decision(
             vec![format!(
                 "guard could not finish run {id}: {e}; run `guard recover` after fixing the cause"
             )]
+        }
+    }
+}
+
+/// `--on-failure ask`: on a terminal, show what happened and ask. Without an answer (no
+/// terminal, end of input) the safe default is the rollback.
+fn ask_after_failure(rec: &RunRecord, watcher: &Watcher) -> OnFailure {
+    use std::io::{BufRead, Write};
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        ui::warn("--on-failure ask: no terminal to ask on; rolling back");
+        return OnFailure::Rollback;
+    };
+    let mut out = &tty;
+    let _ = writeln!(
+        out,
+        "\nguard: the command failed: {}",
+        rec.reason.as_deref().unwrap_or("?")
+    );
+    for it in &watcher.items {
+        let _ = writeln!(
+            out,
+            "  {}: snapshot use peaked at {:.1}%",
+            it.name(),
+            it.max_pct
+        );
+    }
+    let mut reader = std::io::BufReader::new(&tty);
+    loop {
+        let _ = write!(
+            out,
+            "Roll back now [r], or keep the snapshots to decide later [k]? [r] "
+        );
+        let _ = out.flush();
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return OnFailure::Rollback,
+            Ok(_) => match line.trim().to_lowercase().as_str() {
+                "" | "r" | "rollback" => return OnFailure::Rollback,
+                "k" | "keep" => return OnFailure::Keep,
+                _ => {
+                    let _ = writeln!(out, "please answer r or k");
+                }
+            },
         }
     }
 }

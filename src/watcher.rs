@@ -163,7 +163,7 @@ impl WatchItem {
             hist: std::collections::VecDeque::new(),
         }
     }
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         format!("{}/{}", self.vg, self.lv)
     }
     pub fn pct(&self) -> f64 {

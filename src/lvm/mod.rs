@@ -95,6 +95,9 @@ pub struct SnapshotRequest {
     pub name: String,
     pub cow_bytes: Option<u64>,
     pub tags: Vec<String>,
+    /// The origin is held suspended by guard (the consistency point): lvcreate must not wait
+    /// for udev nor write metadata backups under /etc/lvm, which may be on a held volume.
+    pub held: bool,
 }
 
 /// Whether an action changed anything (stratisd's Created/Identity), so that recovery can be
@@ -133,6 +136,8 @@ pub trait Lvm {
     fn merge_in_progress(&self, origin: &Lv) -> Result<bool>;
     /// Grows an LV (a thick snapshot's COW, or a thin pool) by `bytes`.
     fn extend(&self, vg: &str, lv: &str, bytes: u64) -> Result<()>;
+    /// Writes the VG's metadata backup (/etc/lvm/backup), skipped while volumes were held.
+    fn backup_metadata(&self, vg: &str) -> Result<()>;
 }
 
 /// The VGs as seen through an LV report (one `lvs` call answers both).

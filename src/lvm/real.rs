@@ -58,6 +58,13 @@ impl Lvm for RealLvm {
     fn create_snapshot(&self, req: &SnapshotRequest) -> Result<()> {
         let mut c = self.lvm("lvcreate")?;
         c.args(["-q", "-y", "-s", "-n", &req.name]);
+        if req.held {
+            c.args([
+                "--noudevsync",
+                "--config",
+                "backup { backup = 0 archive = 0 }",
+            ]);
+        }
         if let Some(b) = req.cow_bytes {
             c.args(["-L", &format!("{b}b")]);
         }
@@ -78,6 +85,10 @@ impl Lvm for RealLvm {
             Err(e) if is_not_found(&e) => Ok(Action::Identity),
             Err(e) => Err(e),
         }
+    }
+
+    fn backup_metadata(&self, vg: &str) -> Result<()> {
+        self.lvm("vgcfgbackup")?.arg(vg).run_checked().map(drop)
     }
 
     fn merge(&self, vg: &str, snapshot: &str) -> Result<MergeState> {

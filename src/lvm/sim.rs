@@ -87,6 +87,14 @@ impl Lvm for SimLvm {
         Ok(self.state.borrow().vgs.clone())
     }
 
+    fn backup_metadata(&self, vg: &str) -> Result<()> {
+        self.state
+            .borrow_mut()
+            .calls
+            .push(format!("vgcfgbackup {vg}"));
+        Ok(())
+    }
+
     fn create_snapshot(&self, req: &SnapshotRequest) -> Result<()> {
         let mut st = self.state.borrow_mut();
         st.calls.push(format!("create {}/{}", req.vg, req.name));

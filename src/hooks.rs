@@ -1,0 +1,435 @@
+//! Hooks and health checks: programs a policy (or `--check`) runs around the guarded command.
+//! Each runs as an argument vector, never through a shell unless the policy itself says
+//! `sh -c`, so nothing from the environment or the command line is pasted into shell text; what
+//! a hook needs to know comes in GUARD_* environment variables.
+//!
+//! Points: `pre_snapshot` (failure aborts the run, nothing changed), `hold` (started before the
+//! snapshots; guard waits for its ready line and ends it once the snapshots exist: the database
+//! lock case), `post_snapshot`, `pre_rollback` (e.g. stop services so the merge can start now),
+//! `post_rollback`, `post_success`. Failures after the snapshots exist are reported, never allowed
+//! to stop a rollback.
+use crate::error::{Error, Result};
+use crate::ui;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookPoint {
+    PreSnapshot,
+    Hold,
+    PostSnapshot,
+    PreRollback,
+    PostRollback,
+    PostSuccess,
+}
+
+impl HookPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPoint::PreSnapshot => "pre_snapshot",
+            HookPoint::Hold => "hold",
+            HookPoint::PostSnapshot => "post_snapshot",
+            HookPoint::PreRollback => "pre_rollback",
+            HookPoint::PostRollback => "post_rollback",
+            HookPoint::PostSuccess => "post_success",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookSpec {
+    pub name: String,
+    pub when: HookPoint,
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    pub ready: Option<String>,
+    pub stdin: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    pub fail_on_output: bool,
+}
+
+/// What every hook and check is told about the run.
+#[derive(Debug, Clone, Default)]
+pub struct HookEnv {
+    pub run_id: String,
+    pub targets: String,
+    pub outcome: Option<String>,
+    pub exit_status: Option<i32>,
+}
+
+fn command(argv: &[String], env: &HookEnv, point: &str) -> Command {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..])
+        .env("GUARD_RUN", &env.run_id)
+        .env("GUARD_HOOK", point)
+        .env("GUARD_TARGETS", &env.targets);
+    if let Some(o) = &env.outcome {
+        c.env("GUARD_OUTCOME", o);
+    }
+    if let Some(s) = env.exit_status {
+        c.env("GUARD_EXIT_STATUS", s.to_string());
+    }
+    c
+}
+
+/// Relays a child's output lines to guard's stderr with a prefix, and keeps them.
+fn relay(r: impl Read + Send + 'static, prefix: String, tx: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(|l| l.ok()) {
+            ui::say(&format!("{prefix}: {line}"));
+            if tx.send(line).is_err() {
+                // nobody listens any more (a hold after its ready line): keep draining
+                continue;
+            }
+        }
+    });
+}
+
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits for a child with a deadline; on expiry kills it.
+fn wait_deadline(child: &mut Child, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child
+            .try_wait()
+            .map_err(|e| Error::io("cannot wait for a hook", e))?
+        {
+            return Ok(Some(st));
+        }
+        if Instant::now() >= end {
+            kill_and_reap(child);
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn(c: &mut Command, what: &str) -> Result<Child> {
+    c.spawn()
+        .map_err(|e| Error::Other(format!("cannot start {what}: {e}")))
+}
+
+/// Runs one ordinary hook to completion within its time limit.
+pub fn run_hook(h: &HookSpec, env: &HookEnv) -> Result<()> {
+    let what = format!("{} hook {}", h.when.as_str(), h.name);
+    let mut c = command(&h.argv, env, h.when.as_str());
+    c.stdin(if h.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = spawn(&mut c, &what)?;
+    if let (Some(text), Some(mut w)) = (&h.stdin, child.stdin.take()) {
+        let _ = w.write_all(text.as_bytes());
+    }
+    let (tx, _rx) = mpsc::channel();
+    relay(
+        child.stdout.take().expect("piped"),
+        format!("hook {}", h.name),
+        tx.clone(),
+    );
+    relay(
+        child.stderr.take().expect("piped"),
+        format!("hook {}", h.name),
+        tx,
+    );
+    match wait_deadline(&mut child, h.timeout)? {
+        Some(st) if st.success() => Ok(()),
+        Some(st) => Err(Error::Other(format!("{what} failed ({st})"))),
+        None => Err(Error::Other(format!(
+            "{what} did not finish within {}",
+            humantime::format_duration(h.timeout)
+        ))),
+    }
+}
+
+/// Runs every hook of one point in order; the first failure is returned.
+pub fn run_point(hooks: &[HookSpec], point: HookPoint, env: &HookEnv) -> Result<()> {
+    for h in hooks.iter().filter(|h| h.when == point) {
+        ui::say(&format!("running {} hook {}", point.as_str(), h.name));
+        run_hook(h, env)?;
+    }
+    Ok(())
+}
+
+/// Like `run_point`, for points after the snapshots exist: a failure is reported, and the
+/// transaction goes on (a failing post_rollback hook must not undo a rollback).
+pub fn run_point_reporting(hooks: &[HookSpec], point: HookPoint, env: &HookEnv) -> Vec<String> {
+    let mut failures = Vec::new();
+    for h in hooks.iter().filter(|h| h.when == point) {
+        ui::say(&format!("running {} hook {}", point.as_str(), h.name));
+        if let Err(e) = run_hook(h, env) {
+            ui::warn(&e.to_string());
+            failures.push(e.to_string());
+        }
+    }
+    failures
+}
+
+/// A running `hold` hook: in place until `end` (or drop).
+pub struct Hold {
+    name: String,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+/// Starts a hold hook and waits for its ready line.
+pub fn start_hold(h: &HookSpec, env: &HookEnv) -> Result<Hold> {
+    let what = format!("hold hook {}", h.name);
+    let ready = h.ready.clone().unwrap_or_default();
+    let mut c = command(&h.argv, env, "hold");
+    // stdin stays open: closing it is how a session-type hold (mysql) is told to end
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    ui::say(&format!("starting {what}, waiting for {ready:?}"));
+    let mut child = spawn(&mut c, &what)?;
+    let mut stdin = child.stdin.take();
+    if let (Some(text), Some(w)) = (&h.stdin, stdin.as_mut()) {
+        let _ = w.write_all(text.as_bytes());
+        let _ = w.flush();
+    }
+    let (tx, rx) = mpsc::channel();
+    relay(
+        child.stdout.take().expect("piped"),
+        format!("hook {}", h.name),
+        tx.clone(),
+    );
+    relay(
+        child.stderr.take().expect("piped"),
+        format!("hook {}", h.name),
+        tx,
+    );
+    let end = Instant::now() + h.timeout;
+    let mut hold = Hold {
+        name: h.name.clone(),
+        child: Some(child),
+        stdin,
+    };
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(line) if line.contains(&ready) => return Ok(hold),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::Other(format!(
+                    "{what} ended before it printed {ready:?}"
+                )))
+            }
+        }
+        if let Some(st) = hold
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            // Lines may still be queued: give them a last look.
+            while let Ok(line) = rx.try_recv() {
+                if line.contains(&ready) {
+                    return Err(Error::Other(format!(
+                        "{what} printed its ready line but exited ({st}): it holds nothing"
+                    )));
+                }
+            }
+            hold.child = None;
+            return Err(Error::Other(format!(
+                "{what} exited ({st}) before it was ready"
+            )));
+        }
+        if left.is_zero() {
+            return Err(Error::Other(format!(
+                "{what} was not ready within {}",
+                humantime::format_duration(h.timeout)
+            )));
+        }
+    }
+}
+
+impl Hold {
+    /// Ends the hold: close its stdin, give it 5 s to leave, then SIGTERM, then SIGKILL.
+    pub fn end(&mut self) {
+        self.stdin = None;
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        for (grace, sig) in [
+            (
+                Duration::from_secs(5),
+                Some(nix::sys::signal::Signal::SIGTERM),
+            ),
+            (Duration::from_secs(2), None),
+        ] {
+            let end = Instant::now() + grace;
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    ui::say(&format!("hold hook {} ended", self.name));
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some(s) = sig {
+                let _ = nix::sys::signal::kill(pid, s);
+            }
+        }
+        kill_and_reap(&mut child);
+        ui::warn(&format!("hold hook {} had to be killed", self.name));
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// Runs the health checks in order; returns the first failure's description.
+pub fn run_checks(checks: &[CheckSpec], env: &HookEnv) -> Option<String> {
+    for c in checks {
+        ui::say(&format!("health check: {}", c.name));
+        if let Err(why) = run_check(c, env) {
+            ui::warn(&format!("health check {} failed: {why}", c.name));
+            return Some(format!("health check `{}` failed: {why}", c.name));
+        }
+    }
+    None
+}
+
+fn run_check(c: &CheckSpec, env: &HookEnv) -> std::result::Result<(), String> {
+    let mut cmd = command(&c.argv, env, "check");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start it: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    relay(
+        child.stdout.take().expect("piped"),
+        format!("check {}", c.name),
+        tx.clone(),
+    );
+    relay(
+        child.stderr.take().expect("piped"),
+        format!("check {}", c.name),
+        tx,
+    );
+    let st = wait_deadline(&mut child, c.timeout).map_err(|e| e.to_string())?;
+    // the relays end at EOF, just after the exit
+    std::thread::sleep(Duration::from_millis(20));
+    let printed: Vec<String> = rx.try_iter().filter(|l| !l.trim().is_empty()).collect();
+    match st {
+        None => Err(format!(
+            "no answer within {}",
+            humantime::format_duration(c.timeout)
+        )),
+        Some(st) if !st.success() => Err(format!("{st}")),
+        Some(_) if c.fail_on_output && !printed.is_empty() => {
+            Err(format!("it reported: {}", printed.join(" / ")))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// `--check "CMD ARGS"`: split like a shell would split words, without running one.
+pub fn check_from_flag(s: &str) -> Result<CheckSpec> {
+    let argv = shlex::split(s).filter(|v| !v.is_empty()).ok_or_else(|| {
+        Error::refused(
+            format!("--check {s:?} is not a command"),
+            "quote it as one argument: --check 'curl -fsS http://localhost/health'",
+        )
+    })?;
+    crate::child::resolve_program(std::ffi::OsStr::new(&argv[0]))?;
+    Ok(CheckSpec {
+        name: s.to_string(),
+        argv,
+        timeout: crate::policy::DEFAULT_CHECK_TIMEOUT,
+        fail_on_output: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(when: HookPoint, script: &str) -> HookSpec {
+        HookSpec {
+            name: "t".into(),
+            when,
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout: Duration::from_secs(5),
+            ready: Some("READY".into()),
+            stdin: None,
+        }
+    }
+
+    #[test]
+    fn a_hook_sees_the_run_in_its_environment_and_fails_on_nonzero() {
+        let env = HookEnv {
+            run_id: "r1".into(),
+            ..Default::default()
+        };
+        run_hook(
+            &hook(HookPoint::PreSnapshot, "test \"$GUARD_RUN\" = r1"),
+            &env,
+        )
+        .unwrap();
+        let e = run_hook(&hook(HookPoint::PreSnapshot, "exit 3"), &env).unwrap_err();
+        assert!(e.to_string().contains("failed"), "{e}");
+        let mut slow = hook(HookPoint::PreSnapshot, "sleep 5");
+        slow.timeout = Duration::from_millis(200);
+        let e = run_hook(&slow, &env).unwrap_err();
+        assert!(e.to_string().contains("did not finish"), "{e}");
+    }
+
+    #[test]
+    fn a_hold_waits_for_its_ready_line_and_ends_on_stdin_eof() {
+        let env = HookEnv::default();
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ended");
+        let script = format!("echo READY; cat >/dev/null; touch {}", marker.display());
+        let mut h = start_hold(&hook(HookPoint::Hold, &script), &env).unwrap();
+        assert!(!marker.exists());
+        h.end();
+        assert!(
+            marker.exists(),
+            "the hold ended at stdin EOF, not by a signal"
+        );
+        let e = start_hold(&hook(HookPoint::Hold, "exit 2"), &env)
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("before it was ready") || e.to_string().contains("ended before"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn checks_fail_on_status_or_on_output_when_asked() {
+        let env = HookEnv::default();
+        let mut c = check_from_flag("sh -c 'echo broken pkg'").unwrap();
+        assert_eq!(c.argv, ["sh", "-c", "echo broken pkg"]);
+        assert!(run_checks(std::slice::from_ref(&c), &env).is_none());
+        c.fail_on_output = true;
+        let why = run_checks(std::slice::from_ref(&c), &env).unwrap();
+        assert!(why.contains("broken pkg"), "{why}");
+        let f = check_from_flag("false").unwrap();
+        assert!(run_checks(&[f], &env).unwrap().contains("exit status: 1"));
+        assert!(check_from_flag("").is_err());
+        assert!(check_from_flag("/no/such/check").is_err());
+    }
+}
