@@ -30,6 +30,8 @@ pub struct Report {
     pub outcome: Option<Outcome>,
     pub exit_status: Option<i32>,
     pub reason: Option<String>,
+    /// Set when the command exited 0 but a health check failed (guard exits 123).
+    pub failed_check: Option<String>,
     /// committed | rolled-back | rollback-scheduled | kept | nothing
     pub action: String,
     pub duration_seconds: Option<f64>,
@@ -58,6 +60,7 @@ impl Report {
             outcome: rec.outcome,
             exit_status: rec.exit_status,
             reason: rec.reason.clone(),
+            failed_check: rec.failed_check.clone(),
             action: action.into(),
             duration_seconds: duration.map(|d| (d * 1000.0).round() / 1000.0),
             targets: rec

@@ -14,10 +14,10 @@
 set -euo pipefail
 CACHE=${GUARD_VM_CACHE:-$HOME/.cache/guard-vm}
 PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1 dmeventd libaio1
-      libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs"
+      libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs libinih1 liburcu8"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=6
+RECIPE=7
 
 need_host_tools() {
   local missing="" p

@@ -7,7 +7,8 @@ refuse() {
   lvs_state > before
   "$@" > out 2>&1; rc=$?
   lvs_state > after
-  if [ "$rc" = "$want" ] && grep -qE -- "$pat" out && cmp -s before after; then
+  # the message may span lines (problem, then fix): match it as one line
+  if [ "$rc" = "$want" ] && tr "\n" " " < out | grep -qE -- "$pat" && cmp -s before after; then
     echo "  ok: $* -> $rc"
   else
     echo "  not ok: $* -> $rc (want $want and /$pat/, lvs unchanged: $(cmp -s before after && echo yes || echo NO))"
@@ -46,6 +47,20 @@ refuse 125 "must run as root" /sbin/setpriv --reuid=65534 --regid=65534 --clear-
 refuse 125 'invalid --timeout' guard --lv vg/data --timeout forever -- true
 refuse 125 'no run .* in' guard commit 20991231-000000-dead
 refuse 125 'no run .* in' guard rollback 20991231-000000-dead
+# policies: a mistake names file, line and key; an insecure file or folder is refused
+mkdir -p /etc/guard/policies; chmod 755 /etc/guard /etc/guard/policies
+printf '[run]\ntiemout = "5m"\n' > /etc/guard/policies/typo.toml
+refuse 125 'typo.toml:2:1: unknown key .tiemout.*did you mean .timeout.' guard --policy typo --lv vg/data -- true
+printf '[watch]\nextend_at = "fifty"\n' > /etc/guard/policies/type.toml
+refuse 125 'type.toml:2:13: invalid type' guard --policy type --lv vg/data -- true
+printf '[[hook]]\nwhen = "pre_snapshot"\nrun = ["/usr/local/bin/nope"]\n' > /etc/guard/policies/hook.toml
+refuse 125 'hook.toml:3:1: run: the pre_snapshot hook #1 program "/usr/local/bin/nope" cannot be run' guard --policy hook --lv vg/data -- true
+printf 'description = "x"\n' > /etc/guard/policies/open.toml; chmod 666 /etc/guard/policies/open.toml
+refuse 125 'policy file /etc/guard/policies/open.toml is writable by group or others' guard --policy open --lv vg/data -- true
+mkdir -p /srv/pol; printf 'description = "x"\n' > /srv/pol/p.toml; chown 1000 /srv/pol
+refuse 125 'folder /srv/pol is owned by uid 1000, not root' guard --policy /srv/pol/p.toml --lv vg/data -- true
+refuse 125 'no policy named apd.*did you mean apt' guard --policy apd --lv vg/data -- true
+refuse 125 'is not a command' guard --lv vg/data --check '' -- true
 # a hyphenated, long LV name works end to end (dm names double the hyphens)
 long=a-very-long-name-with-many-hyphens-$(printf 'x%.0s' $(seq 1 60))
 lvcreate -q -y -L 16M -n "$long" vg >/dev/null
