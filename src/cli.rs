@@ -282,6 +282,7 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         hooks: p.hooks.clone(),
         checks,
         warn_unless_on_lvm: p.warn_unless_on_lvm.clone(),
+        save_unless_on_lvm: p.save_unless_on_lvm.clone(),
         policy: a.policy.clone(),
     })
 }

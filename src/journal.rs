@@ -120,6 +120,9 @@ pub struct RunRecord {
     /// Why a command that exited 0 still counted as a failure.
     #[serde(default)]
     pub failed_check: Option<String>,
+    /// Paths outside the set archived before the snapshots (e.g. /boot): restored on rollback.
+    #[serde(default)]
+    pub saved: Vec<crate::saved::SavedPath>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -285,6 +288,7 @@ mod tests {
             suspended: vec![],
             policy: None,
             failed_check: None,
+            saved: vec![],
         }
     }
 

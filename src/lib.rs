@@ -20,6 +20,7 @@ pub mod policy;
 pub mod recover;
 pub mod report;
 pub mod rollback;
+pub mod saved;
 pub mod size;
 pub mod status;
 pub mod transaction;

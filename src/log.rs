@@ -1,21 +1,215 @@
-//! A run's history for later reading: every operator line also goes to syslog (the journal on
-//! systemd hosts picks it up as `journalctl -t guard`). Best effort: logging never fails a run.
+//! A run's history for later reading. Under systemd every event goes to the journal with
+//! structured fields (GUARD_RUN, GUARD_LV, GUARD_USAGE, …) and a stable MESSAGE_ID per kind of
+//! event, so `journalctl -t guard GUARD_RUN=…` or `journalctl MESSAGE_ID=…` find it; elsewhere
+//! it goes to syslog. Best effort: logging never fails a run.
+//!
+//! The journal's native protocol (one datagram of KEY=value lines to
+//! /run/systemd/journal/socket) is written here by hand: it is a dozen lines, and the crates
+//! that speak it bring a logging facade guard does not otherwise use.
 use std::ffi::CString;
-use std::sync::Once;
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Mutex, Once, OnceLock};
 
-static OPEN: Once = Once::new();
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Kinds of events. The MESSAGE_IDs are fixed forever: tools and alerts match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Info,
+    Warning,
+    Error,
+    Plan,
+    SnapshotCreated,
+    Extended,
+    Freeze,
+    CommandResult,
+    RollbackScheduled,
+    RollbackCompleted,
+    Commit,
+    Kept,
+    Recover,
+}
+
+impl Kind {
+    pub fn message_id(self) -> &'static str {
+        match self {
+            Kind::Info => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f001",
+            Kind::Warning => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f002",
+            Kind::Error => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f003",
+            Kind::Plan => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f010",
+            Kind::SnapshotCreated => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f011",
+            Kind::Extended => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f012",
+            Kind::Freeze => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f013",
+            Kind::CommandResult => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f014",
+            Kind::RollbackScheduled => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f015",
+            Kind::RollbackCompleted => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f016",
+            Kind::Commit => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f017",
+            Kind::Kept => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f018",
+            Kind::Recover => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f019",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Info => "info",
+            Kind::Warning => "warning",
+            Kind::Error => "error",
+            Kind::Plan => "plan",
+            Kind::SnapshotCreated => "snapshot-created",
+            Kind::Extended => "extended",
+            Kind::Freeze => "freeze",
+            Kind::CommandResult => "command-result",
+            Kind::RollbackScheduled => "rollback-scheduled",
+            Kind::RollbackCompleted => "rollback-completed",
+            Kind::Commit => "commit",
+            Kind::Kept => "kept",
+            Kind::Recover => "recover",
+        }
+    }
+
+    fn priority(self) -> i32 {
+        match self {
+            Kind::Error => libc::LOG_ERR,
+            Kind::Warning | Kind::RollbackScheduled | Kind::Freeze => libc::LOG_WARNING,
+            Kind::Info => libc::LOG_INFO,
+            _ => libc::LOG_NOTICE,
+        }
+    }
+}
+
+/// The run this process works on: added to every event as GUARD_RUN.
+static RUN: Mutex<Option<String>> = Mutex::new(None);
+
+pub fn set_run(id: &str) {
+    if let Ok(mut r) = RUN.lock() {
+        *r = Some(id.to_string());
+    }
+}
 
 pub fn event(msg: &str) {
+    structured(Kind::Info, msg, &[]);
+}
+
+/// One event with extra fields (names upper-case, e.g. ("GUARD_LV", "vg0/root")).
+pub fn structured(kind: Kind, msg: &str, fields: &[(&str, String)]) {
     if std::env::var_os("GUARD_NO_SYSLOG").is_some() {
         return;
     }
+    let text = msg.strip_prefix("guard: ").unwrap_or(msg);
+    let run = RUN.lock().ok().and_then(|r| r.clone());
+    if journal_available() && send_journal(kind, text, run.as_deref(), fields) {
+        return;
+    }
+    syslog(kind, text);
+}
+
+fn journal_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::path::Path::new(JOURNAL_SOCKET).exists())
+}
+
+/// Appends one field in the native protocol's format.
+fn field(buf: &mut Vec<u8>, key: &str, value: &str) {
+    if value.contains('\n') {
+        // KEY\n, then the length as little-endian u64, the bytes, \n
+        buf.extend_from_slice(key.as_bytes());
+        buf.push(b'\n');
+        buf.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'\n');
+    } else {
+        buf.extend_from_slice(format!("{key}={value}\n").as_bytes());
+    }
+}
+
+pub fn journal_datagram(
+    kind: Kind,
+    msg: &str,
+    run: Option<&str>,
+    fields: &[(&str, String)],
+) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    field(&mut buf, "MESSAGE", msg);
+    field(&mut buf, "PRIORITY", &kind.priority().to_string());
+    field(&mut buf, "SYSLOG_IDENTIFIER", "guard");
+    field(&mut buf, "SYSLOG_PID", &std::process::id().to_string());
+    field(&mut buf, "MESSAGE_ID", kind.message_id());
+    field(&mut buf, "GUARD_EVENT", kind.name());
+    if let Some(r) = run {
+        field(&mut buf, "GUARD_RUN", r);
+    }
+    for (k, v) in fields {
+        field(&mut buf, k, v);
+    }
+    buf
+}
+
+fn send_journal(kind: Kind, msg: &str, run: Option<&str>, fields: &[(&str, String)]) -> bool {
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return false;
+    };
+    sock.send_to(&journal_datagram(kind, msg, run, fields), JOURNAL_SOCKET)
+        .is_ok()
+}
+
+fn syslog(kind: Kind, text: &str) {
+    static OPEN: Once = Once::new();
     OPEN.call_once(|| {
         // SAFETY: the identity string is 'static, as openlog requires.
         unsafe { libc::openlog(c"guard".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
     });
-    let text = msg.strip_prefix("guard: ").unwrap_or(msg);
     if let Ok(c) = CString::new(text.replace('\0', " ")) {
         // SAFETY: "%s" with one NUL-terminated argument.
-        unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), c.as_ptr()) };
+        unsafe { libc::syslog(kind.priority(), c"%s".as_ptr(), c.as_ptr()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagram_carries_the_fields_and_encodes_multiline_values() {
+        let d = journal_datagram(
+            Kind::Extended,
+            "vg/a: extended",
+            Some("r1"),
+            &[
+                ("GUARD_LV", "vg/a".into()),
+                ("GUARD_NOTE", "two\nlines".into()),
+            ],
+        );
+        let s = String::from_utf8_lossy(&d);
+        assert!(s.starts_with("MESSAGE=vg/a: extended\nPRIORITY=5\n"), "{s}");
+        assert!(s.contains("MESSAGE_ID=5c1a0e0f6f3a4d51a3b1c0e9a1d2f012\n"));
+        assert!(s.contains("GUARD_RUN=r1\nGUARD_LV=vg/a\n"));
+        let mut want = b"GUARD_NOTE\n".to_vec();
+        want.extend_from_slice(&9u64.to_le_bytes());
+        want.extend_from_slice(b"two\nlines\n");
+        assert!(d.ends_with(&want));
+    }
+
+    #[test]
+    fn message_ids_are_distinct() {
+        use Kind::*;
+        let all = [
+            Info,
+            Warning,
+            Error,
+            Plan,
+            SnapshotCreated,
+            Extended,
+            Freeze,
+            CommandResult,
+            RollbackScheduled,
+            RollbackCompleted,
+            Commit,
+            Kept,
+            Recover,
+        ];
+        let mut ids: Vec<_> = all.iter().map(|k| k.message_id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all.len());
     }
 }

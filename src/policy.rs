@@ -62,6 +62,10 @@ pub struct Targets {
     /// warns before running when one is not.
     #[serde(default)]
     pub warn_unless_on_lvm: Vec<PathBuf>,
+    /// Paths that, when not on LVM, guard archives before the change and restores when the
+    /// run is rolled back (e.g. /boot, so kernels stay in step with / and /lib/modules).
+    #[serde(default)]
+    pub save_unless_on_lvm: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +126,7 @@ pub struct Policy {
     pub lvs: Vec<String>,
     pub mounts: Vec<PathBuf>,
     pub warn_unless_on_lvm: Vec<PathBuf>,
+    pub save_unless_on_lvm: Vec<PathBuf>,
     pub size: Option<crate::size::SizeSpec>,
     pub freeze: Option<bool>,
     pub freeze_timeout: Option<Duration>,
@@ -375,7 +380,13 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
             )
         })?;
     }
-    for m in f.targets.mounts.iter().chain(&f.targets.warn_unless_on_lvm) {
+    for m in f
+        .targets
+        .mounts
+        .iter()
+        .chain(&f.targets.warn_unless_on_lvm)
+        .chain(&f.targets.save_unless_on_lvm)
+    {
         if !m.is_absolute() {
             return Err(key_error(
                 origin,
@@ -436,6 +447,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         lvs: f.targets.lvs,
         mounts: f.targets.mounts,
         warn_unless_on_lvm: f.targets.warn_unless_on_lvm,
+        save_unless_on_lvm: f.targets.save_unless_on_lvm,
         size,
         freeze: f.snapshot.freeze,
         freeze_timeout: duration(origin, text, "freeze_timeout", &f.snapshot.freeze_timeout)?,
@@ -486,6 +498,7 @@ pub struct Effective {
     pub lvs: Vec<String>,
     pub mounts: Vec<String>,
     pub warn_unless_on_lvm: Vec<String>,
+    pub save_unless_on_lvm: Vec<String>,
     pub size: String,
     pub freeze: bool,
     pub freeze_timeout_seconds: f64,
@@ -515,6 +528,11 @@ pub fn effective(p: &Policy, o: &crate::transaction::RunOptions) -> Effective {
             .collect(),
         warn_unless_on_lvm: o
             .warn_unless_on_lvm
+            .iter()
+            .map(|m| m.display().to_string())
+            .collect(),
+        save_unless_on_lvm: o
+            .save_unless_on_lvm
             .iter()
             .map(|m| m.display().to_string())
             .collect(),
@@ -573,6 +591,12 @@ pub fn effective_text(e: &Effective) -> String {
         t += &format!(
             "  warn unless on LVM: {}\n",
             e.warn_unless_on_lvm.join(", ")
+        );
+    }
+    if !e.save_unless_on_lvm.is_empty() {
+        t += &format!(
+            "  saved and restored on rollback unless on LVM: {}\n",
+            e.save_unless_on_lvm.join(", ")
         );
     }
     t += &format!("  size:         {}\n", e.size);

@@ -19,7 +19,7 @@ pub struct Summary {
 
 impl Summary {
     fn did(&mut self, s: String) {
-        ui::say(&s);
+        ui::event(crate::log::Kind::Recover, &s, &[]);
         self.lines.push(s);
         self.changed = true;
     }
@@ -96,6 +96,7 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
         suspended: vec![],
         policy: None,
         failed_check: None,
+        saved: vec![],
     })
 }
 
@@ -380,6 +381,10 @@ fn finish_scheduled(
         .all(|t| t.rollback.as_deref() != Some("scheduled"))
     {
         rec.phase = Phase::Done;
+        // A rolled-back / brings back the copies saved before its snapshot; they were
+        // restored when the rollback was decided.
+        crate::saved::discard(&id);
+        rec.saved.clear();
     }
     journal.write(rec)
 }

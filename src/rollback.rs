@@ -86,7 +86,11 @@ pub fn rollback_run(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Re
             Some(_) => match lvm.merge(&t.vg, &t.snapshot) {
                 Ok(MergeState::Done) => {
                     t.rollback = Some("done".into());
-                    ui::say(&format!("{name}: rolled back"));
+                    ui::event(
+                        crate::log::Kind::RollbackCompleted,
+                        &format!("{name}: rolled back"),
+                        &[("GUARD_LV", name.clone())],
+                    );
                 }
                 Ok(MergeState::Deferred) => {
                     t.rollback = Some("scheduled".into());
@@ -94,10 +98,14 @@ pub fn rollback_run(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Re
                     if let Err(e) = lvm.add_tag(&t.vg, &t.lv, &format!("{MERGE_TAG_PREFIX}{id}")) {
                         ui::warn(&format!("cannot tag {name} with its pending merge: {e}"));
                     }
-                    ui::say(&format!(
-                        "{name}: rollback scheduled, completes {}",
-                        completes_by(t, &id)
-                    ));
+                    ui::event(
+                        crate::log::Kind::RollbackScheduled,
+                        &format!(
+                            "{name}: rollback scheduled, completes {}",
+                            completes_by(t, &id)
+                        ),
+                        &[("GUARD_LV", name.clone())],
+                    );
                 }
                 Err(e) => {
                     t.rollback = Some("failed".into());
@@ -128,6 +136,24 @@ pub fn rollback_run(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Re
         Phase::Done
     };
     journal.write(rec)?;
+    // Paths outside LVM (/boot) go back now, even when / completes at the next boot: that boot
+    // must find the old kernel and initramfs next to the old /lib/modules.
+    if errors.is_empty() && !rec.saved.is_empty() {
+        let results = crate::saved::restore_all(&id, &rec.saved);
+        for r in &results {
+            match r {
+                Ok(s) => ui::event(crate::log::Kind::RollbackCompleted, s, &[]),
+                Err(s) => {
+                    ui::error(s);
+                    todo.push(s.clone());
+                }
+            }
+        }
+        if results.iter().all(|r| r.is_ok()) {
+            rec.saved.clear();
+            journal.write(rec)?;
+        }
+    }
     if errors.is_empty() {
         Ok(todo)
     } else {
@@ -203,7 +229,11 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
         lvm.del_tag(&t.vg, &t.lv, &tag)?;
         t.rollback = Some("done".into());
         t.note = None;
-        ui::say(&format!("{name}: rolled back"));
+        ui::event(
+            crate::log::Kind::RollbackCompleted,
+            &format!("{name}: rolled back"),
+            &[("GUARD_LV", name.clone())],
+        );
     }
     if rec
         .targets

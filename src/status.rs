@@ -30,6 +30,9 @@ pub struct RunStatus {
     pub outcome: Option<crate::journal::Outcome>,
     pub exit_status: Option<i32>,
     pub keep_until: Option<String>,
+    /// How a finished run ended: committed, rolled-back, kept, nothing.
+    pub final_state: Option<crate::journal::Final>,
+    pub reason: Option<String>,
     pub snapshots: Vec<SnapshotStatus>,
 }
 
@@ -89,6 +92,8 @@ pub fn collect(lvm: &dyn Lvm, journal: &Journal, all: bool) -> Result<Status> {
             phase: r.phase,
             started: r.started.clone(),
             command: r.command.clone(),
+            final_state: r.final_state,
+            reason: r.reason.clone(),
             outcome: r.outcome,
             exit_status: r.exit_status,
             keep_until: r.keep_until.clone(),
@@ -119,6 +124,19 @@ pub fn human_text(st: &Status) -> String {
             r.started,
             r.command.join(" ")
         );
+        if r.phase == Phase::Done {
+            let end = match r.final_state {
+                Some(crate::journal::Final::Committed) => "committed: the change was kept",
+                Some(crate::journal::Final::RolledBack) => "rolled back: the change was undone",
+                Some(crate::journal::Final::Kept) => "kept",
+                _ => "nothing was changed",
+            };
+            s += &format!("  {end}");
+            if let Some(why) = &r.reason {
+                s += &format!(" ({why})");
+            }
+            s += "\n";
+        }
         if let Some(k) = &r.keep_until {
             s += &format!("  kept until {k}\n");
         }

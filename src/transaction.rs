@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::hooks::{self, CheckSpec, HookEnv, HookPoint, HookSpec};
 use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
 use crate::lock::{self, LockTarget};
+use crate::log::Kind;
 use crate::lvm::{Lvm, SnapshotRequest, RUN_TAG_PREFIX, TAG};
 use crate::plan::{self, Plan, PlanRequest};
 use crate::report::Report;
@@ -59,6 +60,8 @@ pub struct RunOptions {
     pub checks: Vec<CheckSpec>,
     /// Paths that should be on LVM for a whole rollback: warn when not.
     pub warn_unless_on_lvm: Vec<PathBuf>,
+    /// Paths archived before the change when not on LVM, restored on rollback.
+    pub save_unless_on_lvm: Vec<PathBuf>,
     /// The policy the run follows, by name or path (kept in the journal).
     pub policy: Option<String>,
 }
@@ -91,11 +94,12 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     child::resolve_program(&opts.command[0])?;
     let sig = SignalState::install()?;
     let run_id = journal::new_run_id();
+    crate::log::set_run(&run_id);
     let table = crate::mounts::read()?;
     let resolved = plan::resolve(lvm, &table, &opts.request)?;
-    let warnings = off_lvm_warnings(&resolved, &table, &opts.warn_unless_on_lvm);
-    for w in &warnings {
-        ui::warn(w);
+    let to_save = off_lvm(&resolved, &table, &opts.save_unless_on_lvm);
+    for p in off_lvm(&resolved, &table, &opts.warn_unless_on_lvm) {
+        ui::warn(&off_lvm_warning(&p, to_save.contains(&p)));
     }
     if opts.dry_run {
         let plan = plan::check_and_size(&resolved, &table, &opts.request, &run_id)?;
@@ -137,8 +141,21 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         holds.push(hooks::start_hold(h, &env).map_err(before)?);
     }
     let mut rec = new_record(&plan, opts);
+    if !to_save.is_empty() {
+        rec.saved = crate::saved::save(&run_id, &to_save).map_err(|e| {
+            crate::saved::discard(&run_id);
+            Error::refused(
+                format!("cannot save a copy of a path outside LVM: {e}; nothing was changed"),
+                "free space under /var/lib/guard, or move the path to an LV",
+            )
+        })?;
+    }
     journal.write(&mut rec)?;
-    ui::say(&format!("run {run_id}: protecting {}", names(&plan)));
+    ui::event(
+        Kind::Plan,
+        &format!("run {run_id}: protecting {}", names(&plan)),
+        &[("GUARD_COMMAND", lossy(&opts.command).join(" "))],
+    );
     snapshot_set(lvm, journal, &plan, &mut rec, opts)?;
     for mut h in holds {
         h.end();
@@ -219,10 +236,11 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     } else {
         exit.describe()
     });
-    ui::say(&format!(
-        "command {}",
-        describe_exit(exit, finished.elapsed)
-    ));
+    ui::event(
+        Kind::CommandResult,
+        &format!("command {}", describe_exit(exit, finished.elapsed)),
+        &[("GUARD_EXIT_STATUS", exit.code().to_string())],
+    );
     let mut code = exit.code();
     // Health checks judge a command that says it succeeded; they run before the decision.
     if exit.success() && !watcher.rollback_requested {
@@ -251,24 +269,27 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
 pub const EXIT_CHECK_FAILED: i32 = 123;
 
 /// Paths the policy wants on LVM (e.g. /boot for apt) that are not: a rollback of the set
-/// would not restore them.
-fn off_lvm_warnings(
+/// does not reach them.
+fn off_lvm(
     resolved: &plan::Resolved,
     table: &[crate::mounts::Mount],
     paths: &[PathBuf],
-) -> Vec<String> {
+) -> Vec<PathBuf> {
     paths
         .iter()
-        .filter(|p| p.exists())
+        .filter(|p| p.is_dir())
         .filter(|p| plan::lv_for_mount(&resolved.lvs, table, p).is_err())
-        .map(|p| {
-            format!(
-                "{} is not on LVM: a rollback will not restore it. For /boot this means the kernels and initramfs images there stay new while / and /lib/modules roll back; keep a copy (tar) of {} before the change, or move it to an LV",
-                p.display(),
-                p.display()
-            )
-        })
+        .cloned()
         .collect()
+}
+
+fn off_lvm_warning(p: &std::path::Path, saved: bool) -> String {
+    let p = p.display();
+    if saved {
+        format!("{p} is not on LVM, so the snapshots do not cover it: guard saves a copy of {p} before the change and puts it back if the run is rolled back (keeping kernels in step with / and /lib/modules)")
+    } else {
+        format!("{p} is not on LVM: a rollback will not restore it. For /boot this means the kernels and initramfs images there stay new while / and /lib/modules roll back; keep a copy of {p} (tar) before the change, or move it to an LV")
+    }
 }
 
 fn new_watcher(plan: &Plan, cfg: WatchConfig) -> Watcher {
@@ -374,6 +395,7 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
         suspended: vec![],
         policy: opts.policy.clone(),
         failed_check: None,
+        saved: vec![],
     }
 }
 
@@ -445,16 +467,27 @@ fn snapshot_set(
                 },
             );
         }
-        ui::say(&format!(
-            "snapshot {}/{} of {} created ({})",
-            t.vg,
-            t.snapshot,
-            t.full_name(),
-            match t.cow_bytes {
-                Some(b) => format!("COW {}", crate::size::human(b)),
-                None => format!("thin, in pool {}", t.pool.as_deref().unwrap_or("?")),
-            }
-        ));
+        ui::event(
+            Kind::SnapshotCreated,
+            &format!(
+                "snapshot {}/{} of {} created ({})",
+                t.vg,
+                t.snapshot,
+                t.full_name(),
+                match t.cow_bytes {
+                    Some(b) => format!("COW {}", crate::size::human(b)),
+                    None => format!("thin, in pool {}", t.pool.as_deref().unwrap_or("?")),
+                }
+            ),
+            &[
+                ("GUARD_LV", t.full_name()),
+                ("GUARD_SNAPSHOT", format!("{}/{}", t.vg, t.snapshot)),
+                (
+                    "GUARD_COW_BYTES",
+                    t.cow_bytes.map(|b| b.to_string()).unwrap_or_default(),
+                ),
+            ],
+        );
         crate::fault::pause(&format!("after-snapshot-{}", i + 1));
     }
     if let Some(mut h) = held {
@@ -491,6 +524,8 @@ fn abort_after_snapshots(
     }
     rec.outcome = Some(Outcome::Aborted);
     rec.reason = Some(why.to_string());
+    crate::saved::discard(&rec.id);
+    rec.saved.clear();
     if errors.is_empty() {
         rec.final_state = Some(Final::Nothing);
         rec.phase = Phase::Done;
@@ -640,11 +675,34 @@ pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
     }
     rec.phase = Phase::Done;
     rec.final_state = Some(Final::Committed);
+    crate::saved::discard(&rec.id);
+    rec.saved.clear();
     journal.write(rec)
 }
 
 fn emit_report(report: &Report, opts: &RunOptions) {
-    ui::print_block(&report.human());
+    let text = report.human();
+    ui::print_block(&text);
+    // The summary's first line is the run's outcome: the line a later reader looks for.
+    if let Some(first) = text.lines().next() {
+        crate::log::structured(
+            Kind::CommandResult,
+            first.trim_start_matches("guard: "),
+            &[
+                (
+                    "GUARD_OUTCOME",
+                    format!("{:?}", report.outcome).to_lowercase(),
+                ),
+                (
+                    "GUARD_EXIT_STATUS",
+                    report
+                        .exit_status
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                ),
+            ],
+        );
+    }
     if opts.json {
         ui::print_block(&format!("{}\n", report.json()));
     }

@@ -9,27 +9,35 @@ pub fn set_quiet(q: bool) {
     QUIET.store(q, Ordering::Relaxed);
 }
 
-fn emit(line: &str) {
+use crate::log::Kind;
+
+fn emit(kind: Kind, line: &str, fields: &[(&str, String)]) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
-    crate::log::event(line);
+    crate::log::structured(kind, line, fields);
+}
+
+/// An event worth its own MESSAGE_ID in the journal (snapshot created, rollback scheduled…),
+/// shown like `say`.
+pub fn event(kind: Kind, msg: &str, fields: &[(&str, String)]) {
+    if QUIET.load(Ordering::Relaxed) {
+        crate::log::structured(kind, msg, fields);
+    } else {
+        emit(kind, &format!("guard: {msg}"), fields);
+    }
 }
 
 /// Progress, suppressed by --quiet.
 pub fn say(msg: &str) {
-    if QUIET.load(Ordering::Relaxed) {
-        crate::log::event(msg);
-    } else {
-        emit(&format!("guard: {msg}"));
-    }
+    event(Kind::Info, msg, &[]);
 }
 
 /// Always shown: something the operator must know.
 pub fn warn(msg: &str) {
-    emit(&format!("guard: warning: {msg}"));
+    emit(Kind::Warning, &format!("guard: warning: {msg}"), &[]);
 }
 
 pub fn error(msg: &str) {
-    emit(&format!("guard: error: {msg}"));
+    emit(Kind::Error, &format!("guard: error: {msg}"), &[]);
 }
 
 /// Text printed as it is (plans, summaries), still never panicking.

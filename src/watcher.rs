@@ -328,6 +328,18 @@ impl Watcher {
     }
 
     fn event(&mut self, kind: &'static str, lv: String, detail: String) {
+        let k = match kind {
+            "extended" => crate::log::Kind::Extended,
+            k if k.contains("freez") || k.contains("thaw") || k.contains("hold") => {
+                crate::log::Kind::Freeze
+            }
+            _ => crate::log::Kind::Info,
+        };
+        crate::log::structured(
+            k,
+            &format!("{lv}: {kind}: {detail}"),
+            &[("GUARD_LV", lv.clone()), ("GUARD_DETAIL", detail.clone())],
+        );
         self.events.push(Event {
             at: crate::journal::now_rfc3339(),
             kind: kind.into(),

@@ -1,0 +1,145 @@
+//! Copies of paths that a rollback cannot reach. The classic case is /boot on a plain
+//! partition: rolling back / (and /lib/modules with it) while /boot keeps the new kernel and
+//! initramfs leaves the machine booting a kernel without its modules. So, like the Ansible
+//! snapshot roles, guard archives such a path before the snapshots and puts it back when the
+//! run is rolled back (at once, or at boot by `guard recover` once the deferred merge of / is
+//! confirmed).
+//!
+//! The archive is written under /var/lib/guard/saved/RUN before the snapshots are taken: when
+//! the filesystem holding it is itself rolled back, the archive is still there.
+use crate::error::{Error, Result};
+use crate::exec::CommandExt;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPath {
+    pub path: PathBuf,
+    pub archive: PathBuf,
+}
+
+fn run_dir(run: &str) -> PathBuf {
+    crate::journal::state_dir().join("saved").join(run)
+}
+
+/// Archives each path (with ownership, modes, xattrs; one filesystem only).
+pub fn save(run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
+    let dir = run_dir(run);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for p in paths {
+        let name = p.to_string_lossy().trim_matches('/').replace('/', "_");
+        let archive = dir.join(format!(
+            "{}.tar",
+            if name.is_empty() { "root" } else { &name }
+        ));
+        crate::exec::system_command("tar")?
+            .args(["--one-file-system", "--xattrs", "--numeric-owner", "-cpf"])
+            .arg(&archive)
+            .arg("-C")
+            .arg(p)
+            .arg(".")
+            .run_checked()?;
+        // the archive must be on disk before the snapshot is taken
+        nix::unistd::sync();
+        out.push(SavedPath {
+            path: p.clone(),
+            archive,
+        });
+    }
+    Ok(out)
+}
+
+/// Puts a saved path back as it was: entries made since are removed, the archive extracted.
+pub fn restore(s: &SavedPath) -> Result<()> {
+    if !s.archive.exists() {
+        return Err(Error::Other(format!(
+            "the saved copy of {} ({}) is missing",
+            s.path.display(),
+            s.archive.display()
+        )));
+    }
+    let entries = std::fs::read_dir(&s.path)
+        .map_err(|e| Error::io(format!("cannot read {}", s.path.display()), e))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.file_name() == Some(std::ffi::OsStr::new("lost+found")) {
+            continue;
+        }
+        let r = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| Error::io(format!("cannot clear {}", p.display()), e))?;
+    }
+    crate::exec::system_command("tar")?
+        .args(["--xattrs", "--numeric-owner", "-xpf"])
+        .arg(&s.archive)
+        .arg("-C")
+        .arg(&s.path)
+        .run_checked()?;
+    nix::unistd::sync();
+    Ok(())
+}
+
+/// Drops a run's saved copies (the run was committed or aborted).
+pub fn discard(run: &str) {
+    let _ = std::fs::remove_dir_all(run_dir(run));
+}
+
+/// Restores every saved path of a run that was rolled back; each outcome is reported.
+pub fn restore_all(run: &str, saved: &[SavedPath]) -> Vec<std::result::Result<String, String>> {
+    let out = saved
+        .iter()
+        .map(|s| match restore(s) {
+            Ok(()) => Ok(format!(
+                "run {run}: {} restored from the copy saved before the change",
+                s.path.display()
+            )),
+            Err(e) => Err(format!(
+                "run {run}: cannot restore {}: {e} (the copy stays in {})",
+                s.path.display(),
+                s.archive.display()
+            )),
+        })
+        .collect::<Vec<_>>();
+    if out.iter().all(|r| r.is_ok()) {
+        discard(run);
+    }
+    out
+}
+
+pub fn is_on(path: &Path, saved: &[SavedPath]) -> bool {
+    saved.iter().any(|s| s.path == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_then_restore_brings_back_the_tree_and_drops_new_files() {
+        let state = tempfile::tempdir().unwrap();
+        std::env::set_var("GUARD_STATE_DIR", state.path());
+        let boot = tempfile::tempdir().unwrap();
+        std::fs::write(boot.path().join("vmlinuz-1"), "old kernel").unwrap();
+        std::fs::create_dir(boot.path().join("grub")).unwrap();
+        std::fs::write(boot.path().join("grub/grub.cfg"), "menu 1").unwrap();
+        let saved = save("R", &[boot.path().to_path_buf()]).unwrap();
+        std::fs::write(boot.path().join("vmlinuz-2"), "new kernel").unwrap();
+        std::fs::write(boot.path().join("grub/grub.cfg"), "menu 2").unwrap();
+        let res = restore_all("R", &saved);
+        assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+        assert!(!boot.path().join("vmlinuz-2").exists());
+        assert_eq!(
+            std::fs::read_to_string(boot.path().join("grub/grub.cfg")).unwrap(),
+            "menu 1"
+        );
+        assert!(
+            !state.path().join("saved/R").exists(),
+            "copies dropped once restored"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+#!/bin/bash
+# The headline test bed (issue 7): a real Debian bookworm server whose root filesystem is the LV
+# vg0/root, booted under qemu as a full system (systemd as PID 1, its own initramfs activating the
+# root LV, udev, lvm2, sshd, dpkg, apt). Built once and cached; each scenario boots a sparse copy
+# of the pristine disk.
+#
+#   image.sh       build (or reuse) $CACHE: disk.img (PV: vg0/root), boot.img (/boot, a plain
+#                  ext4 disk), vmlinuz, initrd.img, id_ed25519, repo/
+#
+# Steps: debootstrap (minbase) → packages and config in a host chroot (the initramfs is built
+# there too: inside the emulated guest it takes 8 minutes) → mkfs.ext4 -d into root.img → the
+# initramfs VM of tests/vm makes the PV, vg0 and vg0/root and copies root.img in.
+#
+# Packages for the scenarios come from local apt repositories made with dpkg-deb (no network in
+# the guest): guardtest-ok (upgrades cleanly), guardtest-conf (changes a conffile and a file under
+# /usr), guardtest-bad (its 2.0 postinst fails). repo-v1 is installed in the image; repo-good has
+# ok and conf 2.0; repo-bad has all three at 2.0.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/../.." && pwd)
+CACHE=${GUARD_DEBIAN_CACHE:-$HOME/.cache/guard-debian}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+RECIPE=4
+PKGS="systemd-sysv lvm2 thin-provisioning-tools linux-image-amd64 initramfs-tools openssh-server
+      e2fsprogs udev kmod dbus zstd iproute2 ifupdown isc-dhcp-client procps less"
+
+if [ -f "$CACHE/disk.img" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ]; then exit 0; fi
+for p in debootstrap dpkg-dev openssh-client e2fsprogs; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="${missing:-} $p"
+done
+if [ -n "${missing:-}" ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+"$top/tests/vm/vm.sh" prepare
+rm -rf "$CACHE"; mkdir -p "$CACHE"; cd "$CACHE"
+t0=$(date +%s)
+
+# --- the scenario packages and their repositories
+mkpkg() {  # NAME VERSION [postinst-exit]
+  local d=pkgsrc/$1-$2
+  mkdir -p "$d/DEBIAN" "$d/usr/share/guardtest" "$d/usr/lib/guardtest" "$d/etc" "$d/boot"
+  printf 'Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: guard tests <root@localhost>\nDescription: guard test package\n' "$1" "$2" > "$d/DEBIAN/control"
+  echo "$1 $2" > "$d/usr/share/guardtest/$1"
+  # guardtest-ok plays a kernel: a file in /boot that must stay in step with the root
+  [ "$1" = guardtest-ok ] && echo "kernel $2" > "$d/boot/guardtest-vmlinuz-$2"
+  if [ "$1" = guardtest-conf ]; then
+    echo "setting=$2" > "$d/etc/guardtest.conf"; echo /etc/guardtest.conf > "$d/DEBIAN/conffiles"
+    echo "data $2" > "$d/usr/lib/guardtest/data"
+  fi
+  if [ -n "${3:-}" ]; then printf '#!/bin/sh\necho "guardtest: postinst fails on purpose" >&2\nexit %s\n' "$3" > "$d/DEBIAN/postinst"; chmod 755 "$d/DEBIAN/postinst"; fi
+  dpkg-deb --root-owner-group --build "$d" "pkgs/$1_$2_all.deb" >/dev/null
+}
+mkdir -p pkgs
+mkpkg guardtest-ok 1.0; mkpkg guardtest-conf 1.0; mkpkg guardtest-bad 1.0
+mkpkg guardtest-ok 2.0; mkpkg guardtest-conf 2.0; mkpkg guardtest-bad 2.0 1
+mkrepo() {  # NAME DEB...
+  local r=repo/$1; shift; mkdir -p "$r"; cp "$@" "$r/"
+  (cd "$r" && dpkg-scanpackages -m . /dev/null 2>/dev/null > Packages)
+}
+mkrepo v1 pkgs/*_1.0_all.deb
+mkrepo good pkgs/guardtest-ok_2.0_all.deb pkgs/guardtest-conf_2.0_all.deb pkgs/guardtest-bad_1.0_all.deb
+mkrepo bad pkgs/*_2.0_all.deb
+
+# --- the root filesystem, in a host chroot
+R=$CACHE/root
+debootstrap --variant=minbase bookworm "$R" "$MIRROR" > debootstrap.log 2>&1 || { tail -20 debootstrap.log; exit 1; }
+mounts() { mount -t proc proc "$R/proc"; mount -t sysfs sys "$R/sys"; mount --bind /dev "$R/dev"; mount -t devpts devpts "$R/dev/pts"; }
+umounts() { for m in dev/pts dev sys proc; do umount "$R/$m" 2>/dev/null || true; done; }
+trap umounts EXIT
+mounts
+printf '#!/bin/sh\nexit 101\n' > "$R/usr/sbin/policy-rc.d"; chmod +x "$R/usr/sbin/policy-rc.d"
+cp -n "$HOME"/.cache/guard-vm/debs/linux-image-*.deb "$R/var/cache/apt/archives/" 2>/dev/null || true
+mkdir -p "$R/etc/initramfs-tools/conf.d"
+echo MODULES=most > "$R/etc/initramfs-tools/conf.d/modules"
+printf 'dm-mod\ndm-snapshot\ndm-thin-pool\nvirtio_pci\nvirtio_blk\ncrc32c_generic\next4\n' >> "$R/etc/initramfs-tools/modules"
+# fstab before the kernel's postinst runs update-initramfs: the hook looks at the root device.
+# /boot is a plain partition (the second disk), as Debian's guided LVM install makes it.
+printf '/dev/vg0/root / ext4 defaults,errors=remount-ro 0 1\nLABEL=boot /boot ext4 defaults 0 2\n' > "$R/etc/fstab"
+chroot "$R" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq --no-install-recommends $PKGS > apt.log 2>&1 || { tail -20 apt.log; exit 1; }
+# the guest has no network: only the local repositories
+rm -f "$R"/etc/apt/sources.list "$R"/etc/apt/sources.list.d/*
+mkdir -p "$R/srv"; cp -a repo "$R/srv/repo"
+echo 'deb [trusted=yes] file:/srv/repo/v1 ./' > "$R/etc/apt/sources.list.d/guardtest.list"
+chroot "$R" apt-get update -qq
+DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq guardtest-ok guardtest-conf guardtest-bad >> apt.log 2>&1
+chroot "$R" apt-get clean
+echo lvmroot > "$R/etc/hostname"
+printf '127.0.0.1 localhost\n127.0.1.1 lvmroot\n' > "$R/etc/hosts"
+mkdir -p "$R/root/.ssh"; chmod 700 "$R/root/.ssh"
+ssh-keygen -q -t ed25519 -N '' -f "$CACHE/id_ed25519"
+cp "$CACHE/id_ed25519.pub" "$R/root/.ssh/authorized_keys"; chmod 600 "$R/root/.ssh/authorized_keys"
+printf 'auto lo\niface lo inet loopback\nallow-hotplug ens3\niface ens3 inet dhcp\nallow-hotplug enp0s3\niface enp0s3 inet dhcp\n' > "$R/etc/network/interfaces"
+# Measured on this bed: the background merge poller that the initramfs udev rule forks survives
+# into the real root and once hung a boot. Polling is guard's job at boot (guard-recover).
+mkdir -p "$R/etc/udev/rules.d"
+sed 's/vgchange -aay --autoactivation event/vgchange -aay --poll n --autoactivation event/' \
+  "$R/lib/udev/rules.d/69-lvm.rules" > "$R/etc/udev/rules.d/69-lvm.rules"
+: > "$R/etc/machine-id"
+rm -f "$R/usr/sbin/policy-rc.d"
+chroot "$R" update-initramfs -u -k all > initramfs.log 2>&1
+umounts; trap - EXIT
+cp "$R"/boot/vmlinuz-* vmlinuz; cp "$R"/boot/initrd.img-* initrd.img
+rm -f boot.img; mkfs.ext4 -q -F -L boot -d "$R/boot" boot.img 256M
+find "$R/boot" -mindepth 1 -delete
+rm -f root.img; mkfs.ext4 -q -F -L root -d "$R" root.img 1536M
+rm -rf "$R"
+
+# --- the LVM layout, in the initramfs VM of the real-LVM tier
+truncate -s 4G disk.img
+mkdir -p share
+cat > share/layout.sh <<'L'
+set -e
+pvcreate -q /dev/vda; vgcreate -q vg0 /dev/vda
+lvcreate -q -y -Wy -Zy -L 1536M -n root vg0
+dd if=/dev/vdb of=/dev/vg0/root bs=4M conv=fsync 2>/dev/null
+e2fsck -fn /dev/vg0/root >/dev/null && echo "layout ok"
+vgchange -an vg0 >/dev/null
+L
+"$top/tests/vm/vm.sh" run --disk disk.img --disk root.img --share share --timeout 600 share/layout.sh | grep -q "layout ok" \
+  || { echo "debian image: the LVM layout failed" >&2; exit 1; }
+rm -rf root.img share
+echo "$RECIPE" > recipe
+echo "debian image built in $(( $(date +%s) - t0 ))s ($(du -sh --apparent-size disk.img | cut -f1) disk, $(du -sh disk.img | cut -f1) used)"

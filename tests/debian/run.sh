@@ -1,0 +1,181 @@
+#!/bin/bash
+# The headline case end to end (issue 7): `guard --policy apt -- apt-get -y dist-upgrade` on a
+# real Debian server booted from its root LV (tests/debian/image.sh), driven over ssh on a
+# loopback port. Each scenario boots a fresh copy of the pristine disk.
+#   tests/debian/run.sh [SCENARIO-PATTERN]
+# Prints each check, then "debian: N passed, N failed".
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/../.." && pwd)
+CACHE=${GUARD_DEBIAN_CACHE:-$HOME/.cache/guard-debian}
+pattern=${1:-}
+"$here/image.sh" || { echo "debian: 0 passed, 1 failed (image)"; exit 1; }
+(cd "$top" && cargo build -q) || exit 1
+BIN=$top/target/debug/guard
+W=$(mktemp -d /tmp/guard-debian.XXXXXX)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+passed=0; failed=0; T=""; TF=0
+cleanup() { [ -f "$W/qemu.pid" ] && kill "$(cat "$W/qemu.pid")" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+
+g() { ssh -q -i "$CACHE/id_ed25519" -p "$PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=5 root@127.0.0.1 "$@"; }
+qemu() {
+  qemu-system-x86_64 -accel tcg -m 1024 -smp 2 -nographic \
+    -kernel "$CACHE/vmlinuz" -initrd "$CACHE/initrd.img" -append "root=/dev/vg0/root console=ttyS0 ro" \
+    -drive "file=$W/disk.img,format=raw,if=virtio" -drive "file=$W/boot.img,format=raw,if=virtio" \
+    -nic "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:22" \
+    </dev/null >> "$W/console.log" 2>&1 &
+  echo $! > "$W/qemu.pid"
+}
+waitssh() {  # LIMIT [OLD_BOOT_ID]: until ssh answers (from another boot than OLD_BOOT_ID)
+  local end=$(( $(date +%s) + $1 )) id
+  while [ "$(date +%s)" -lt "$end" ]; do
+    id=$(g cat /proc/sys/kernel/random/boot_id 2>/dev/null) && [ -n "$id" ] && [ "$id" != "${2:-}" ] && return 0
+    kill -0 "$(cat "$W/qemu.pid")" 2>/dev/null || return 1
+    sleep 2
+  done
+  return 1
+}
+start_vm() {
+  cp --sparse=always "$CACHE/disk.img" "$W/disk.img"; cp --sparse=always "$CACHE/boot.img" "$W/boot.img"
+  : > "$W/console.log"; local t0; t0=$(date +%s)
+  qemu
+  if ! waitssh 240; then  # a TCG boot can stall: one retry
+    echo "  # boot stalled, retrying"; kill "$(cat "$W/qemu.pid")"; sleep 1; qemu
+    waitssh 240 || { echo "  # no ssh after two boots; console:"; tail -20 "$W/console.log" | sed 's/^/  | /'; return 1; }
+  fi
+  echo "  # booted in $(( $(date +%s) - t0 ))s"
+  # guard installed as a user would before the .deb: binary and the boot-time unit
+  g 'cat > /usr/sbin/guard && chmod 755 /usr/sbin/guard' < "$BIN"
+  g 'cat > /lib/systemd/system/guard-recover.service' < "$top/dist/systemd/guard-recover.service"
+  g 'mkdir -p -m 0700 /var/lib/guard && systemctl daemon-reload && systemctl enable -q guard-recover.service'
+}
+reboot_vm() {
+  local id t0; id=$(g cat /proc/sys/kernel/random/boot_id); t0=$(date +%s)
+  g 'systemctl reboot' 2>/dev/null
+  if ! waitssh 300 "$id"; then echo "  # no ssh after the reboot; console:"; tail -20 "$W/console.log" | sed 's/^/  | /'; return 1; fi
+  echo "  # rebooted in $(( $(date +%s) - t0 ))s"
+}
+stop_vm() { g 'systemctl poweroff' 2>/dev/null; sleep 3; kill "$(cat "$W/qemu.pid")" 2>/dev/null; rm -f "$W/qemu.pid"; }
+
+begin() { T=$1; TF=0; echo "--- $T"; }
+end() { if [ "$TF" = 0 ]; then echo "PASS $T"; passed=$((passed + 1)); else echo "FAIL $T"; failed=$((failed + 1)); fi; }
+ok() { echo "  ok: $1"; }
+bad() { echo "  not ok: $1"; TF=1; }
+check_eq() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got '$2', want '$3')"; fi; }
+check_out() { if grep -qE -- "$3" "$2"; then ok "$1"; else bad "$1 (no /$3/ in:)"; tail -15 "$2" | sed 's/^/    | /'; fi; }
+want() { [ -z "$pattern" ] || [[ "$1" == *$pattern* ]]; }
+
+repo() { g "sed -i 's#file:/srv/repo/[a-z0-9]*#file:/srv/repo/$1#' /etc/apt/sources.list.d/guardtest.list && apt-get update -qq"; }
+pkgstate() { g "dpkg-query -W -f='\${Package} \${Version} \${db:Status-Abbrev}\n' 'guardtest-*'; sha256sum /var/lib/dpkg/status /etc/guardtest.conf /usr/lib/guardtest/data"; }
+bootstate() { g 'cd /boot && find . -path ./lost+found -prune -o -type f -print | sort | xargs sha256sum'; }
+no_guard_lvs() { [ -z "$(g "lvs --noheadings -o lv_name @guard; lvs --noheadings -o lv_merging vg0/root" | tr -d ' \n')" ]; }
+
+# 1. the upgrade breaks: rollback at the next boot, finished and confirmed by guard-recover
+if want postinst_fails; then
+begin postinst_fails_rollback_at_next_boot
+if start_vm; then
+  repo bad; pkgstate > "$W/before"; bootstate > "$W/boot-before"
+  g 'guard --policy apt -- apt-get -y dist-upgrade' > "$W/out" 2>&1; rc=$?
+  cp "$W/out" "$CACHE/scenario1.out"
+  check_eq "apt-get's exit status 100 passes through" "$rc" 100
+  check_out "warns before running that /boot is not on LVM and is saved" "$W/out" "/boot is not on LVM.*guard saves a copy of /boot"
+  check_out "/boot is put back at once, before the reboot" "$W/out" "/boot restored from the copy saved before the change"
+  bootstate > "$W/boot-now"
+  if cmp -s "$W/boot-before" "$W/boot-now"; then ok "/boot holds the old kernel again before the reboot"; else bad "/boot differs"; diff "$W/boot-before" "$W/boot-now" | sed 's/^/    | /'; fi
+  g 'journalctl -o export -t guard GUARD_EVENT=rollback-scheduled' > "$W/journal" 2>&1
+  check_out "journal: rollback-scheduled event with its MESSAGE_ID" "$W/journal" "MESSAGE_ID=5c1a0e0f6f3a4d51a3b1c0e9a1d2f015"
+  check_out "journal: the event names the LV" "$W/journal" "GUARD_LV=vg0/root"
+  check_out "guard says the rollback happens at the next boot" "$W/out" "ROLLBACK SCHEDULED: completes at the next boot"
+  g 'dpkg --audit' > "$W/audit" 2>&1
+  check_out "before the reboot the damage is real (dpkg --audit)" "$W/audit" "guardtest-bad"
+  if reboot_vm; then
+    g 'journalctl -b -o cat -u guard-recover.service' > "$W/recover" 2>&1
+    cp "$W/recover" "$CACHE/scenario1.recover"
+    bootstate > "$W/boot-after"
+    if cmp -s "$W/boot-before" "$W/boot-after"; then ok "/boot after the reboot: old kernel, in step with /"; else bad "/boot differs after reboot"; fi
+    check_eq "the saved copy is cleaned up" "$(g 'ls /var/lib/guard/saved 2>/dev/null')" ""
+    check_out "guard-recover at boot reports the completed rollback" "$W/recover" "vg0/root: rollback of run [0-9a-f-]+ completed"
+    pkgstate > "$W/after"
+    if cmp -s "$W/before" "$W/after"; then ok "package state byte-for-byte as before (dpkg status, conffile, /usr file)"; else bad "package state differs"; diff "$W/before" "$W/after" | sed 's/^/    | /'; fi
+    check_eq "dpkg --audit is clean" "$(g 'dpkg --audit' 2>&1)" ""
+    if no_guard_lvs; then ok "no snapshot left, nothing merging"; else bad "snapshots or a merge left"; g 'lvs -a vg0' | sed 's/^/    | /'; fi
+    g 'guard status --all' > "$W/status" 2>&1
+    check_out "guard status shows the run rolled back" "$W/status" "rolled back: the change was undone"
+  else bad "reboot"; fi
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
+# 2. a clean upgrade: snapshots removed, upgrade kept, nothing pending
+if want clean_upgrade; then
+begin clean_upgrade_is_kept
+if start_vm; then
+  repo good
+  g 'guard --policy apt -- apt-get -y dist-upgrade' > "$W/out" 2>&1; rc=$?
+  check_eq "exit 0" "$rc" 0
+  check_out "dpkg --audit check ran" "$W/out" "health check: dpkg --audit"
+  check_out "summary says the change is kept" "$W/out" "snapshots removed, the change is kept"
+  check_eq "upgrade kept" "$(g 'cat /usr/share/guardtest/guardtest-ok /usr/lib/guardtest/data /etc/guardtest.conf' | tr '\n' ,)" "guardtest-ok 2.0,data 2.0,setting=2.0,"
+  check_eq "/boot has the new kernel only" "$(g 'ls /boot | grep guardtest')" "guardtest-vmlinuz-2.0"
+  check_eq "no saved copy left" "$(g 'ls /var/lib/guard/saved 2>/dev/null')" ""
+  g 'journalctl -o export -t guard GUARD_EVENT=snapshot-created' > "$W/journal" 2>&1
+  check_out "journal: snapshot-created event with GUARD_RUN and GUARD_LV" "$W/journal" "GUARD_LV=vg0/root"
+  if no_guard_lvs; then ok "no snapshot left"; else bad "snapshot left"; fi
+  check_eq "nothing pending in guard status" "$(g 'guard status' 2>&1 | grep -c 'kept\|scheduled\|running')" 0
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
+# 3. kept for 10 minutes, then rolled back by hand after it looked fine but was not
+if want keep_then_rollback; then
+begin keep_window_then_rollback_after_reboot
+if start_vm; then
+  repo good; pkgstate > "$W/before"
+  g 'guard --policy apt --keep 10m -- apt-get -y dist-upgrade' > "$W/out" 2>&1; rc=$?
+  run=$(sed -n 's/.*run \([0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{4\}\).*/\1/p' "$W/out" | head -1)
+  check_eq "exit 0" "$rc" 0
+  check_out "kept, with how to commit or roll back" "$W/out" "guard rollback $run"
+  check_eq "the snapshot is kept" "$(g "lvs --noheadings -o lv_name @guard-run:$run" | tr -d ' ')" "root-guard-$run"
+  g "guard rollback $run" > "$W/rb" 2>&1; rc=$?
+  check_eq "guard rollback exits 0" "$rc" 0
+  check_out "rollback of / completes at the next boot" "$W/rb" "next boot"
+  if reboot_vm; then
+    pkgstate > "$W/after"
+    if cmp -s "$W/before" "$W/after"; then ok "the upgrade is undone, byte for byte"; else bad "package state differs"; diff "$W/before" "$W/after" | sed 's/^/    | /'; fi
+    if no_guard_lvs; then ok "no snapshot left, nothing merging"; else bad "snapshots or a merge left"; fi
+  else bad "reboot"; fi
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
+# 4. the SSH session that started guard is cut mid-run
+if want ssh_cut; then
+begin ssh_session_cut_mid_upgrade
+if start_vm; then
+  repo good
+  ssh -tt -q -i "$CACHE/id_ed25519" -p "$PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+    root@127.0.0.1 'guard --policy apt -- sh -c "sleep 8; apt-get -y dist-upgrade"' > "$W/out" 2>&1 &
+  sp=$!
+  for _ in $(seq 1 60); do g 'guard status' 2>/dev/null | grep -q running && break; sleep 1; done
+  kill -9 "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
+  for _ in $(seq 1 90); do g 'guard status' 2>/dev/null | grep -q running || break; sleep 1; done
+  g 'guard status --all' > "$W/status" 2>&1
+  check_out "the run finished without its terminal" "$W/status" "rolled.back|rollback.scheduled|committed"
+  g 'journalctl -o cat -t guard' > "$W/log" 2>&1
+  check_out "the hangup is in the system log" "$W/log" "terminal hung up"
+  check_out "the outcome is in the system log" "$W/log" "run [0-9-]+[0-9a-f]+: the command (failed|succeeded)"
+  if reboot_vm; then
+    if no_guard_lvs; then ok "after a reboot nothing is left pending"; else bad "left pending"; fi
+    check_eq "dpkg --audit is clean" "$(g 'dpkg --audit' 2>&1)" ""
+  else bad "reboot"; fi
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
+echo "debian: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
