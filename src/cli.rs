@@ -16,7 +16,8 @@ use std::time::Duration;
 
 pub const EXIT_CODES: &str = "\
 Exit status:
-  0..=123  the command's own exit status is passed through (0: success, the change is kept)
+  0..=122  the command's own exit status is passed through (0: success, the change is kept)
+  123      the command exited 0 but a health check failed (rolled back per --on-failure)
   124      the command ran past --timeout and was stopped (rolled back per --on-failure)
   125      guard refused or failed before the command ran: nothing was changed
   126      the command was found but cannot be executed (nothing was changed)
@@ -170,6 +171,9 @@ pub enum Sub {
         #[command(subcommand)]
         sub: PolicySub,
     },
+    /// Print the man page (roff)
+    #[command(hide = true)]
+    Man,
     /// Print a shell completion script
     Completions {
         #[arg(value_enum)]
@@ -359,6 +363,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Sub::Policy { sub } => policy_cmd(sub),
+        Sub::Man => {
+            crate::manpage::render(&mut std::io::stdout().lock())
+                .map_err(|e| Error::io("cannot write the man page", e))?;
+            Ok(0)
+        }
         Sub::DmStatus { name } => {
             for t in crate::dm::Control::open()?.status(&name)? {
                 println!("{} {} {} {}", t.start, t.length, t.target_type, t.params);

@@ -14,6 +14,7 @@ pub mod journal;
 pub mod lock;
 pub mod log;
 pub mod lvm;
+pub mod manpage;
 pub mod mounts;
 pub mod plan;
 pub mod policy;

@@ -8,8 +8,8 @@
 //! The archive is written under /var/lib/guard/saved/RUN before the snapshots are taken: when
 //! the filesystem holding it is itself rolled back, the archive is still there.
 use crate::error::{Error, Result};
-use crate::exec::CommandExt;
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,13 +34,12 @@ pub fn save(run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
             "{}.tar",
             if name.is_empty() { "root" } else { &name }
         ));
-        crate::exec::system_command("tar")?
-            .args(["--one-file-system", "--xattrs", "--numeric-owner", "-cpf"])
-            .arg(&archive)
-            .arg("-C")
-            .arg(p)
-            .arg(".")
-            .run_checked()?;
+        write_archive(p, &archive).map_err(|e| {
+            Error::io(
+                format!("cannot archive {} to {}", p.display(), archive.display()),
+                e,
+            )
+        })?;
         // the archive must be on disk before the snapshot is taken
         nix::unistd::sync();
         out.push(SavedPath {
@@ -49,6 +48,31 @@ pub fn save(run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
         });
     }
     Ok(out)
+}
+
+/// Archives one directory tree (modes, owners, times, symlinks as links), staying on its
+/// filesystem: a mount below it (/boot/efi) is neither saved nor cleared.
+fn write_archive(root: &Path, archive: &Path) -> std::io::Result<()> {
+    let dev = std::fs::metadata(root)?.dev();
+    let mut b = tar::Builder::new(std::fs::File::create(archive)?);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel))? {
+            let e = e?;
+            let name = rel.join(e.file_name());
+            let meta = std::fs::symlink_metadata(e.path())?;
+            if meta.dev() != dev {
+                continue;
+            }
+            b.append_path_with_name(e.path(), &name)?;
+            if meta.is_dir() {
+                stack.push(name);
+            }
+        }
+    }
+    b.into_inner()?.sync_all()
 }
 
 /// Puts a saved path back as it was: entries made since are removed, the archive extracted.
@@ -60,11 +84,17 @@ pub fn restore(s: &SavedPath) -> Result<()> {
             s.archive.display()
         )));
     }
+    let dev = std::fs::metadata(&s.path)
+        .map_err(|e| Error::io(format!("cannot read {}", s.path.display()), e))?
+        .dev();
     let entries = std::fs::read_dir(&s.path)
         .map_err(|e| Error::io(format!("cannot read {}", s.path.display()), e))?;
     for e in entries.flatten() {
         let p = e.path();
-        if p.file_name() == Some(std::ffi::OsStr::new("lost+found")) {
+        let other_fs = std::fs::symlink_metadata(&p)
+            .map(|m| m.dev() != dev)
+            .unwrap_or(true);
+        if p.file_name() == Some(std::ffi::OsStr::new("lost+found")) || other_fs {
             continue;
         }
         let r = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -74,12 +104,15 @@ pub fn restore(s: &SavedPath) -> Result<()> {
         };
         r.map_err(|e| Error::io(format!("cannot clear {}", p.display()), e))?;
     }
-    crate::exec::system_command("tar")?
-        .args(["--xattrs", "--numeric-owner", "-xpf"])
-        .arg(&s.archive)
-        .arg("-C")
-        .arg(&s.path)
-        .run_checked()?;
+    let f = std::fs::File::open(&s.archive)
+        .map_err(|e| Error::io(format!("cannot open {}", s.archive.display()), e))?;
+    let mut a = tar::Archive::new(f);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    a.unpack(&s.path)
+        .map_err(|e| Error::io(format!("cannot restore {}", s.path.display()), e))?;
     nix::unistd::sync();
     Ok(())
 }

@@ -123,4 +123,27 @@ mod completions {
             );
         }
     }
+
+    #[test]
+    fn committed_man_page_is_current_and_has_the_admin_sections() {
+        let out = guard().arg("man").output().unwrap();
+        assert!(out.status.success());
+        let page = String::from_utf8(out.stdout.clone()).unwrap();
+        for section in [
+            ".SH NAME",
+            ".SH SYNOPSIS",
+            ".SH OPTIONS",
+            ".SH \"EXIT STATUS\"",
+            ".SH FILES",
+            ".SH EXAMPLES",
+        ] {
+            assert!(page.contains(section), "man page lacks {section}");
+        }
+        let committed = std::fs::read(format!("{}/man/guard.8", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_default();
+        assert!(
+            committed == out.stdout,
+            "man/guard.8 is stale: run scripts/gen-completions and commit"
+        );
+    }
 }

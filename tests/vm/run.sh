@@ -11,6 +11,7 @@ share=$(mktemp -d /tmp/guard-vm-share.XXXXXX)
 trap 'rm -rf "$share"' EXIT
 cp "$top/target/$profile/guard" "$share/guard"
 cp "$here/lib.sh" "$share/"
+mkdir -p "$share/json"   # cases write --report / --json output here; validated at the end
 "$here/vm.sh" prepare
 passed=0; failed=0; start=$(date +%s)
 tally() {  # NAME OUTPUT: print and count one boot's results
@@ -54,6 +55,15 @@ for f in "$here"/cases/*.sh; do
   passed=$((passed + p)); failed=$((failed + fl))
   echo "[$name] $p passed, $fl failed in $(( $(date +%s) - t0 ))s"
 done
+# the JSON that real runs printed must follow the documented schemas (schema/)
+if ls "$share"/json/*.json >/dev/null 2>&1; then
+  if (cd "$top" && GUARD_JSON_DIR="$share/json" cargo test -q --test schema the_json_of_the_current_vm_run 2>&1 | tail -3); then
+    echo "PASS json_output_follows_the_schemas ($(ls "$share"/json/*.json | wc -l) documents)"; passed=$((passed + 1))
+  else
+    echo "FAIL json_output_follows_the_schemas"; failed=$((failed + 1))
+  fi
+  [ -n "${GUARD_KEEP_JSON:-}" ] && cp "$share"/json/*.json "$GUARD_KEEP_JSON"/
+fi
 echo "real-LVM tier: $(( $(date +%s) - start ))s"
 echo "vm: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

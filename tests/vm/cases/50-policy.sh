@@ -138,7 +138,7 @@ end
 
 begin a_failing_health_check_rolls_back
 mkfs_lv data 64M
-guard --lv vg/data --check 'sh -c "echo unhealthy; exit 2"' --json -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/data /mnt/x; echo new > /mnt/x/f; umount /mnt/x' > out 2>&1; rc=$?
+guard --lv vg/data --check 'sh -c "echo unhealthy; exit 2"' --json --report /host/json/report-check-failed.json -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/data /mnt/x; echo new > /mnt/x/f; umount /mnt/x' > out 2>&1; rc=$?
 check_eq "exit 123 (check failed)" "$rc" 123
 check_eq "original bytes are back" "$(content data)" original
 check_out "report names the failed check" out '"failed_check":"health check .*failed'
@@ -149,10 +149,10 @@ end
 
 begin keep_window_then_rollback_undoes_a_success
 mkfs_lv data 64M
-guard --lv vg/data --keep 10m -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/data /mnt/x; echo v2 > /mnt/x/f; umount /mnt/x' > out 2>&1
+guard --lv vg/data --keep 10m --report /host/json/report-kept.json -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/data /mnt/x; echo v2 > /mnt/x/f; umount /mnt/x' > out 2>&1
 run=$(run_id_of out)
 check_out "says how long it is kept" out "after .* .guard recover --expire. commits it"
-guard status > st 2>&1
+guard status > st 2>&1; guard status --json > /host/json/status-kept.json
 check_out "status shows the kept run with its COW use" st "$run.*kept"
 guard recover --expire > rec 2>&1
 check "not expired yet: still kept" sh -c "lvs --noheadings -o lv_name @guard | grep -q data-guard-$run"
@@ -164,21 +164,23 @@ end
 
 begin policy_check_list_and_the_apt_policy_warnings
 mkfs_lv root 64M /mnt/root
-mkdir -p /boot; printf '#!/bin/sh\nexit 0\n' > /usr/bin/dpkg; chmod 755 /usr/bin/dpkg
+mkdir -p /boot/grub; echo old > /boot/vmlinuz-old; echo menu-old > /boot/grub/grub.cfg; printf '#!/bin/sh\nexit 0\n' > /usr/bin/dpkg; chmod 755 /usr/bin/dpkg
 guard policy list > pl 2>&1
 check_out "list shows the shipped apt policy" pl "^apt +built-in +Package upgrades"
 guard policy check apt > pc 2>&1; rc=$?
 check_eq "check apt exits 0" "$rc" 0
 check_out "check prints the effective targets" pc "targets: +/, /var"
 check_out "check prints the dpkg check" pc "check +dpkg --audit \(fails on any output\)"
-guard policy check apt --json > pj 2>&1
+guard policy check apt --json > pj 2>&1; cp pj /host/json/policy-apt.json
 check_out "json has the schema" pj '"schema": "guard.policy/1"'
 guard --policy apt --lv vg/root -- true > out 2>&1; rc=$?
 check_eq "apt on vg/root: exit 0" "$rc" 0
-check_out "warns that /boot is not on LVM" out "/boot is not on LVM: a rollback will not restore it"
+check_out "warns that /boot is not on LVM and saves it" out "/boot is not on LVM.*guard saves a copy of /boot"
 printf '#!/bin/sh\necho "The following packages are only half configured"\n' > /usr/bin/dpkg
-guard --policy apt --lv vg/root -- sh -c 'echo new > /mnt/root/f; sync' > out 2>&1; rc=$?
+guard --policy apt --lv vg/root --report /host/json/report-rollback-scheduled.json -- sh -c 'echo new > /mnt/root/f; echo k > /boot/vmlinuz-new; echo menu-new > /boot/grub/grub.cfg; sync' > out 2>&1; rc=$?
 check_eq "dirty dpkg --audit: exit 123" "$rc" 123
 check_out "rollback scheduled (the LV is mounted)" out "ROLLBACK SCHEDULED"
+check_out "/boot put back at once" out "/boot restored from the copy saved before the change"
+check_eq "/boot as before: no new kernel, old menu" "$(ls /boot | tr '\n' ,)$(cat /boot/grub/grub.cfg)" "grub,vmlinuz-old,menu-old"
 rm -f /usr/bin/dpkg
 end
