@@ -44,7 +44,8 @@ pub fn rollback_run(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Re
     let mut todo = Vec::new();
     let mut errors = Vec::new();
     let id = rec.id.clone();
-    for t in rec.targets.iter_mut() {
+    for (i, t) in rec.targets.iter_mut().enumerate() {
+        crate::fault::pause(&format!("before-merge-{}", i + 1));
         let name = format!("{}/{}", t.vg, t.lv);
         let origin_tagged = lvm::find(&lvs, &t.vg, &t.lv)
             .map(|o| o.merge_tag_runs().any(|r| r == id))

@@ -257,6 +257,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     }
     rec.phase = Phase::Decided;
     journal.write(&mut rec)?;
+    crate::fault::pause("before-decision");
 
     let todo = apply_decision(lvm, journal, &mut rec, opts, &env, &watcher);
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
@@ -670,7 +671,8 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
 pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<()> {
     rec.phase = Phase::Committing;
     journal.write(rec)?;
-    for t in &rec.targets {
+    for (i, t) in rec.targets.iter().enumerate() {
+        crate::fault::pause(&format!("before-remove-{}", i + 1));
         lvm.remove(&t.vg, &t.snapshot)?;
     }
     rec.phase = Phase::Done;

@@ -19,9 +19,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/../.." && pwd)
 CACHE=${GUARD_DEBIAN_CACHE:-$HOME/.cache/guard-debian}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-RECIPE=4
+RECIPE=5
 PKGS="systemd-sysv lvm2 thin-provisioning-tools linux-image-amd64 initramfs-tools openssh-server
-      e2fsprogs udev kmod dbus zstd iproute2 ifupdown isc-dhcp-client procps less"
+      e2fsprogs udev kmod dbus zstd iproute2 ifupdown isc-dhcp-client procps less python3"
 
 if [ -f "$CACHE/disk.img" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ]; then exit 0; fi
 for p in debootstrap dpkg-dev openssh-client e2fsprogs; do

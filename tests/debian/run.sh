@@ -11,6 +11,8 @@ pattern=${1:-}
 "$here/image.sh" || { echo "debian: 0 passed, 1 failed (image)"; exit 1; }
 (cd "$top" && cargo build -q) || exit 1
 BIN=$top/target/debug/guard
+# The package when it was built (scripts/test builds it first), else the binary and the unit.
+DEB=$(ls "$top"/target/debian/guard_*.deb 2>/dev/null | head -1)
 W=$(mktemp -d /tmp/guard-debian.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 passed=0; failed=0; T=""; TF=0
@@ -45,10 +47,14 @@ start_vm() {
     waitssh 240 || { echo "  # no ssh after two boots; console:"; tail -20 "$W/console.log" | sed 's/^/  | /'; return 1; }
   fi
   echo "  # booted in $(( $(date +%s) - t0 ))s"
-  # guard installed as a user would before the .deb: binary and the boot-time unit
-  g 'cat > /usr/sbin/guard && chmod 755 /usr/sbin/guard' < "$BIN"
-  g 'cat > /lib/systemd/system/guard-recover.service' < "$top/dist/systemd/guard-recover.service"
-  g 'mkdir -p -m 0700 /var/lib/guard && systemctl daemon-reload && systemctl enable -q guard-recover.service'
+  # guard installed as a user would: the .deb (dpkg -i), or before it exists the binary and unit
+  if [ -n "$DEB" ]; then
+    g 'cat > /tmp/guard.deb && dpkg -i /tmp/guard.deb >/dev/null && rm /tmp/guard.deb' < "$DEB"
+  else
+    g 'cat > /usr/sbin/guard && chmod 755 /usr/sbin/guard' < "$BIN"
+    g 'cat > /lib/systemd/system/guard-recover.service' < "$top/dist/systemd/guard-recover.service"
+    g 'mkdir -p -m 0700 /var/lib/guard && systemctl daemon-reload && systemctl enable -q guard-recover.service'
+  fi
 }
 reboot_vm() {
   local id t0; id=$(g cat /proc/sys/kernel/random/boot_id); t0=$(date +%s)
@@ -172,6 +178,51 @@ if start_vm; then
     if no_guard_lvs; then ok "after a reboot nothing is left pending"; else bad "left pending"; fi
     check_eq "dpkg --audit is clean" "$(g 'dpkg --audit' 2>&1)" ""
   else bad "reboot"; fi
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
+# 5. the package as installed, and Ansible driving a guarded rollout
+if want package_and_ansible && [ -n "$DEB" ]; then
+begin package_installed_and_ansible_rollout
+if start_vm; then
+  check_eq "guard-recover.service enabled by the package" "$(g 'systemctl is-enabled guard-recover.service')" enabled
+  check_eq "guard-expire.timer enabled" "$(g 'systemctl is-enabled guard-expire.timer')" enabled
+  check_eq "/var/lib/guard is 0700 root" "$(g 'stat -c %a:%U /var/lib/guard')" "700:root"
+  check_eq "shipped policies under /usr/share/guard/policies" "$(g 'ls /usr/share/guard/policies | tr "\n" " "')" "apt.toml deploy.toml dnf.toml kernel-upgrade.toml mysql.toml postgresql.toml "
+  check_eq "bash completion installed" "$(g 'test -f /usr/share/bash-completion/completions/guard && echo yes')" yes
+  if command -v ansible-playbook >/dev/null || python3 -m pip install -q ansible-core >/dev/null 2>&1; then
+    A=$top/contrib/ansible; R=$W/reports; mkdir -p "$R"
+    # two names for the one test server: with serial 1 and max_fail_percentage 0, the second
+    # must not be reached once the first rolls back
+    printf '[fleet]
+srv-a
+srv-b
+[fleet:vars]
+ansible_host=127.0.0.1
+ansible_port=%s
+ansible_user=root
+ansible_ssh_private_key_file=%s
+ansible_python_interpreter=/usr/bin/python3
+' "$PORT" "$CACHE/id_ed25519" > "$W/inventory"
+    ( cd "$A" && ansible-playbook --syntax-check -i "$W/inventory" guarded-rollout.yml ) > "$W/syntax" 2>&1
+    check_out "ansible-playbook --syntax-check" "$W/syntax" "playbook: guarded-rollout.yml"
+    repo good
+    ( cd "$A" && ANSIBLE_HOST_KEY_CHECKING=False ansible-playbook -i "$W/inventory" guarded-rollout.yml -l srv-a \
+        -e "{\"guard_command\": [\"apt-get\", \"-y\", \"dist-upgrade\"], \"guard_policy\": \"apt\", \"guard_report_dir\": \"$R\"}" ) > "$W/play1" 2>&1
+    check_out "a clean rollout: the host succeeds" "$W/play1" "srv-a +: ok=[0-9]+ +changed=[1-9].*failed=0"
+    check_eq "summary: srv-a action committed" "$(python3 -c 'import json,sys; print([r["action"] for r in json.load(open(sys.argv[1]))["reports"] if r["host"]=="srv-a"][0])' "$R/summary.json")" committed
+    rm -f "$R"/*.json; repo bad
+    ( cd "$A" && ANSIBLE_HOST_KEY_CHECKING=False ansible-playbook -i "$W/inventory" guarded-rollout.yml \
+        -e "{\"guard_command\": [\"apt-get\", \"-y\", \"dist-upgrade\"], \"guard_policy\": \"apt\", \"guard_report_dir\": \"$R\"}" ) > "$W/play2" 2>&1
+    cp "$W/play2" "$CACHE/ansible-play2.out"
+    check_out "a breaking rollout: srv-a fails" "$W/play2" "srv-a +: .*failed=1"
+    check_out "the role rebooted srv-a to complete the rollback" "$W/play2" "Reboot to complete a rollback"
+    if grep -qE "^srv-b +: ok=[1-9]" "$W/play2"; then bad "srv-b was reached after srv-a rolled back"; else ok "the rollout stopped: srv-b untouched"; fi
+    check_eq "summary: srv-a rolled back, confirmed after the reboot" "$(python3 -c 'import json,sys; r=[r for r in json.load(open(sys.argv[1]))["reports"] if r["host"]=="srv-a"][0]; print(r["action"], r["after_reboot"]["pending_runs"])' "$R/summary.json")" "rollback-scheduled 0"
+    check_eq "the host runs the old packages again" "$(g 'cat /usr/share/guardtest/guardtest-ok')" "guardtest-ok 1.0"
+  else bad "ansible-core could not be installed"; fi
   stop_vm
 else bad "boot"; fi
 end

@@ -1,0 +1,30 @@
+#!/bin/bash
+# Builds the .deb (scripts/build-deb) and checks what it installs, with dpkg-deb -c and -I.
+# The Debian tier (tests/debian/run.sh) then installs this package into the test server.
+set -uo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd); cd "$top"
+passed=0; failed=0
+deb=$(scripts/build-deb | tail -1) || { echo "FAIL deb_builds"; echo "deb: 0 passed, 1 failed"; exit 1; }
+echo "PASS deb_builds ($deb, $(du -h "$deb" | cut -f1))"; passed=1
+dpkg-deb -c "$deb" > /tmp/guard-deb-contents
+dpkg-deb -I "$deb" > /tmp/guard-deb-info
+want() {  # MODE PATH: the package holds PATH with permissions MODE
+  if grep -qE "^$1 (root/root|0/0) .* \./$2\$" /tmp/guard-deb-contents; then echo "  ok: $2 ($1)"; else echo "  not ok: $2 ($1) missing"; bad=1; fi
+}
+bad=0
+want -rwxr-xr-x usr/sbin/guard
+want -rw-r--r-- 'usr/share/man/man8/guard.8(.gz)?'
+want -rw-r--r-- usr/share/bash-completion/completions/guard
+want -rw-r--r-- usr/share/zsh/vendor-completions/_guard
+want -rw-r--r-- usr/share/fish/vendor_completions.d/guard.fish
+for p in apt dnf kernel-upgrade mysql postgresql deploy; do want -rw-r--r-- "usr/share/guard/policies/$p.toml"; done
+want -rw-r--r-- lib/systemd/system/guard-recover.service
+want -rw-r--r-- lib/systemd/system/guard-expire.service
+want -rw-r--r-- lib/systemd/system/guard-expire.timer
+for f in Depends:.*lvm2 'postinst' 'Section: admin'; do
+  if grep -qE "$f" /tmp/guard-deb-info; then echo "  ok: control has $f"; else echo "  not ok: control lacks $f"; bad=1; fi
+done
+if dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./postinst | grep -q 'install -d -m 0700 /var/lib/guard'; then echo "  ok: postinst makes /var/lib/guard 0700"; else echo "  not ok: postinst"; bad=1; fi
+if [ "$bad" = 0 ]; then echo "PASS deb_contents"; passed=$((passed + 1)); else echo "FAIL deb_contents"; sed 's/^/  | /' /tmp/guard-deb-contents; failed=1; fi
+echo "deb: $passed passed, $failed failed"
+[ "$failed" = 0 ]
