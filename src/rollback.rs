@@ -35,12 +35,37 @@ pub fn completes_by(t: &TargetRecord, run: &str) -> String {
 /// Merges every snapshot of the run. Never merges an invalid snapshot: that LV cannot be rolled
 /// back, and the rest of the set still is. Returns what is left for the operator to do.
 pub fn rollback_run(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<Vec<String>> {
+    rollback_with(lvm, journal, rec, None)
+}
+
+/// A snapshot as the rollback needs to see it.
+struct SnapView {
+    invalid: bool,
+    merging: bool,
+}
+
+/// What the live run knows of its snapshots from the watcher's device-mapper view (exists,
+/// invalidated), so the rollback right after the command need not ask `lvs` again (~0.2 s).
+#[derive(Debug, Clone, Copy)]
+pub struct Known {
+    pub invalid: bool,
+}
+
+pub fn rollback_with(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    known: Option<&[Known]>,
+) -> Result<Vec<String>> {
     // Resuming after guard was killed mid-rollback: a snapshot that is gone was merged (guard
     // removes snapshots in this phase only by merging them).
     let resuming = rec.phase == Phase::RollingBack;
     rec.phase = Phase::RollingBack;
     journal.write(rec)?;
-    let lvs = lvm.lvs()?;
+    let lvs = match known {
+        Some(_) => Vec::new(),
+        None => lvm.lvs()?,
+    };
     let mut todo = Vec::new();
     let mut errors = Vec::new();
     let id = rec.id.clone();
@@ -50,7 +75,17 @@ pub fn rollback_run(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Re
         let origin_tagged = lvm::find(&lvs, &t.vg, &t.lv)
             .map(|o| o.merge_tag_runs().any(|r| r == id))
             .unwrap_or(false);
-        match lvm::find(&lvs, &t.vg, &t.snapshot) {
+        let view = match known {
+            Some(k) => Some(SnapView {
+                invalid: k.get(i).is_some_and(|k| k.invalid),
+                merging: false,
+            }),
+            None => lvm::find(&lvs, &t.vg, &t.snapshot).map(|s| SnapView {
+                invalid: s.invalid,
+                merging: s.merging,
+            }),
+        };
+        match view {
             None if origin_tagged || t.rollback.as_deref() == Some("scheduled") => {
                 t.rollback = Some("scheduled".into());
             }

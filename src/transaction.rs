@@ -574,7 +574,14 @@ fn apply_decision(
         commit(lvm, journal, rec).map(|_| vec![])
     } else {
         hooks::run_point_reporting(&opts.hooks, HookPoint::PreRollback, &env);
-        rollback::rollback_run(lvm, journal, rec).and_then(|todo| {
+        let known: Vec<rollback::Known> = watcher
+            .items
+            .iter()
+            .map(|it| rollback::Known {
+                invalid: it.invalid,
+            })
+            .collect();
+        rollback::rollback_with(lvm, journal, rec, Some(&known)).and_then(|todo| {
             if opts.finish && rec.phase == Phase::RollbackScheduled {
                 rollback::finish(lvm, journal, rec)?;
                 return Ok(vec![]);
