@@ -95,6 +95,18 @@ fn relay(r: impl Read + Send + 'static, prefix: String, tx: mpsc::Sender<String>
     });
 }
 
+/// Relays both output streams of a child; the receiver gets every line.
+fn relay_output(child: &mut Child, prefix: String) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    relay(
+        child.stdout.take().expect("piped"),
+        prefix.clone(),
+        tx.clone(),
+    );
+    relay(child.stderr.take().expect("piped"), prefix, tx);
+    rx
+}
+
 fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -138,17 +150,7 @@ pub fn run_hook(h: &HookSpec, env: &HookEnv) -> Result<()> {
     if let (Some(text), Some(mut w)) = (&h.stdin, child.stdin.take()) {
         let _ = w.write_all(text.as_bytes());
     }
-    let (tx, _rx) = mpsc::channel();
-    relay(
-        child.stdout.take().expect("piped"),
-        format!("hook {}", h.name),
-        tx.clone(),
-    );
-    relay(
-        child.stderr.take().expect("piped"),
-        format!("hook {}", h.name),
-        tx,
-    );
+    let _rx = relay_output(&mut child, format!("hook {}", h.name));
     match wait_deadline(&mut child, h.timeout)? {
         Some(st) if st.success() => Ok(()),
         Some(st) => Err(Error::Other(format!("{what} failed ({st})"))),
@@ -205,17 +207,7 @@ pub fn start_hold(h: &HookSpec, env: &HookEnv) -> Result<Hold> {
         let _ = w.write_all(text.as_bytes());
         let _ = w.flush();
     }
-    let (tx, rx) = mpsc::channel();
-    relay(
-        child.stdout.take().expect("piped"),
-        format!("hook {}", h.name),
-        tx.clone(),
-    );
-    relay(
-        child.stderr.take().expect("piped"),
-        format!("hook {}", h.name),
-        tx,
-    );
+    let rx = relay_output(&mut child, format!("hook {}", h.name));
     let end = Instant::now() + h.timeout;
     let mut hold = Hold {
         name: h.name.clone(),
@@ -317,17 +309,7 @@ fn run_check(c: &CheckSpec, env: &HookEnv) -> std::result::Result<(), String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start it: {e}"))?;
-    let (tx, rx) = mpsc::channel();
-    relay(
-        child.stdout.take().expect("piped"),
-        format!("check {}", c.name),
-        tx.clone(),
-    );
-    relay(
-        child.stderr.take().expect("piped"),
-        format!("check {}", c.name),
-        tx,
-    );
+    let rx = relay_output(&mut child, format!("check {}", c.name));
     let st = wait_deadline(&mut child, c.timeout).map_err(|e| e.to_string())?;
     // the relays end at EOF, just after the exit
     std::thread::sleep(Duration::from_millis(20));

@@ -31,6 +31,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 13] = [
+        Kind::Info,
+        Kind::Warning,
+        Kind::Error,
+        Kind::Plan,
+        Kind::SnapshotCreated,
+        Kind::Extended,
+        Kind::Freeze,
+        Kind::CommandResult,
+        Kind::RollbackScheduled,
+        Kind::RollbackCompleted,
+        Kind::Commit,
+        Kind::Kept,
+        Kind::Recover,
+    ];
+
     pub fn message_id(self) -> &'static str {
         match self {
             Kind::Info => "5c1a0e0f6f3a4d51a3b1c0e9a1d2f001",
@@ -191,22 +207,7 @@ mod tests {
 
     #[test]
     fn message_ids_are_distinct() {
-        use Kind::*;
-        let all = [
-            Info,
-            Warning,
-            Error,
-            Plan,
-            SnapshotCreated,
-            Extended,
-            Freeze,
-            CommandResult,
-            RollbackScheduled,
-            RollbackCompleted,
-            Commit,
-            Kept,
-            Recover,
-        ];
+        let all = Kind::ALL;
         let mut ids: Vec<_> = all.iter().map(|k| k.message_id()).collect();
         ids.sort();
         ids.dedup();
