@@ -518,7 +518,31 @@ fn rollback_cmd(
     use crate::journal::Phase;
     match rec.phase {
         Phase::Kept | Phase::Decided | Phase::RollingBack => {
+            // The run's policy (kept in the journal) says what to stop before and start after.
+            let hooks = match rec.policy.as_deref().map(policy::load) {
+                Some(Ok(p)) => p.hooks,
+                Some(Err(e)) => {
+                    ui::warn(&format!(
+                        "the run's policy cannot be read, its rollback hooks are skipped: {e}"
+                    ));
+                    vec![]
+                }
+                None => vec![],
+            };
+            let env = crate::hooks::HookEnv {
+                run_id: rec.id.clone(),
+                targets: rec
+                    .targets
+                    .iter()
+                    .map(|t| format!("{}/{}", t.vg, t.lv))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                outcome: Some("rollback".into()),
+                exit_status: rec.exit_status,
+            };
+            crate::hooks::run_point_reporting(&hooks, crate::hooks::HookPoint::PreRollback, &env);
             let todo = rollback::rollback_run(lvm, journal, rec)?;
+            crate::hooks::run_point_reporting(&hooks, crate::hooks::HookPoint::PostRollback, &env);
             if finish && rec.phase == Phase::RollbackScheduled {
                 rollback::finish(lvm, journal, rec)?;
             } else {

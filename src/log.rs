@@ -102,13 +102,32 @@ pub fn set_run(id: &str) {
     }
 }
 
+/// Whether events are logged at all (GUARD_NO_SYSLOG turns it off, for tests).
+pub fn enabled() -> bool {
+    std::env::var_os("GUARD_NO_SYSLOG").is_none()
+}
+
+/// systemd names the journal stream it connected to stderr in JOURNAL_STREAM ("dev:ino").
+pub fn stderr_is_journal() -> bool {
+    static IS: OnceLock<bool> = OnceLock::new();
+    *IS.get_or_init(|| {
+        let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Ok(st) = nix::sys::stat::fstat(2) else {
+            return false;
+        };
+        v.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino) && journal_available()
+    })
+}
+
 pub fn event(msg: &str) {
     structured(Kind::Info, msg, &[]);
 }
 
 /// One event with extra fields (names upper-case, e.g. ("GUARD_LV", "vg0/root")).
 pub fn structured(kind: Kind, msg: &str, fields: &[(&str, String)]) {
-    if std::env::var_os("GUARD_NO_SYSLOG").is_some() {
+    if !enabled() {
         return;
     }
     let text = msg.strip_prefix("guard: ").unwrap_or(msg);

@@ -12,7 +12,10 @@ pub fn set_quiet(q: bool) {
 use crate::log::Kind;
 
 fn emit(kind: Kind, line: &str, fields: &[(&str, String)]) {
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    // Under a systemd unit stderr is itself a journal stream: the structured entry is enough.
+    if !crate::log::stderr_is_journal() || !crate::log::enabled() {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
     crate::log::structured(kind, line, fields);
 }
 

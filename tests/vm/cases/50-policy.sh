@@ -125,6 +125,12 @@ guard --policy order -- sh -c 'echo command >> /tmp/w/order; exit 4' > out 2>&1;
 check_eq "exit 4" "$rc" 4
 check_eq "failure order" "$(tr '\n' ',' < /tmp/w/order)" "pre_snapshot,hold-start,hold-end snapshots=1,post_snapshot,command,pre_rollback 4,post_rollback,"
 check "no guard snapshot left" no_guard_snapshots
+# a kept run rolled back later by hand runs the policy's rollback hooks too
+# (vg/data waits for its deferred merge: targets on the command line replace the policy's)
+mkfs_lv kept 32M
+guard --policy order --lv vg/kept --on-success keep -- true > out 2>&1; run=$(run_id_of out)
+rm -f /tmp/w/order; guard rollback "$run" > rb 2>&1
+check_eq "guard rollback RUN runs the policy's rollback hooks" "$(tr '\n' ',' < /tmp/w/order)" "pre_rollback 0,post_rollback,"
 # a hold that never gets ready stops the run before any snapshot
 printf '[[hook]]\nwhen = "hold"\nrun = ["/bin/sleep", "30"]\nready = "READY"\ntimeout = "2s"\n' > /etc/guard/policies/stuck.toml
 mkfs_lv other 32M
