@@ -190,3 +190,20 @@ check_out "/boot put back at once" out "/boot restored from the copy saved befor
 check_eq "/boot as before: no new kernel, old menu" "$(ls /boot | tr '\n' ,)$(cat /boot/grub/grub.cfg)" "grub,vmlinuz-old,menu-old"
 rm -f /usr/bin/dpkg
 end
+
+begin on_failure_ask_on_a_terminal
+# --on-failure ask: on a real pseudo-terminal guard shows the failure and asks; "k" keeps
+mkfs_lv data 64M
+( sleep 5; echo k ) | timeout 60 /sbin/script -qfec "guard --lv vg/data --on-failure ask -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/data /mnt/x; echo broken > /mnt/x/f; umount /mnt/x; exit 2'" /dev/null > out 2>&1; rc=$?
+check_eq "exit status 2 passes through" "$rc" 2
+check_out "the failure and the COW use are shown" out "the command failed: exit status 2"
+check_out "the question is asked" out "Roll back now \[r\], or keep the snapshots"
+run=$(run_id_of out)
+check "answer k: the snapshot is kept" sh -c "lvs --noheadings -o lv_name @guard | grep -q data-guard-$run"
+guard rollback "$run" > rb 2>&1
+check_eq "then rolled back by hand" "$(content data)" original
+# without a terminal nobody can answer: the safe default, rollback
+setsid guard --lv vg/data --on-failure ask -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/data /mnt/x; echo broken > /mnt/x/f; umount /mnt/x; exit 2' > out 2>&1 < /dev/null
+check_out "no terminal: says so and rolls back" out "no terminal to ask on; rolling back"
+check_eq "rolled back" "$(content data)" original
+end
