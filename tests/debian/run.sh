@@ -192,7 +192,8 @@ if start_vm; then
   check_eq "/var/lib/guard is 0700 root" "$(g 'stat -c %a:%U /var/lib/guard')" "700:root"
   check_eq "shipped policies under /usr/share/guard/policies" "$(g 'ls /usr/share/guard/policies | tr "\n" " "')" "apt.toml deploy.toml dnf.toml kernel-upgrade.toml mysql.toml postgresql.toml "
   check_eq "bash completion installed" "$(g 'test -f /usr/share/bash-completion/completions/guard && echo yes')" yes
-  if command -v ansible-playbook >/dev/null || python3 -m pip install -q ansible-core >/dev/null 2>&1; then
+  # ansible-core from PyPI; run as a module so that a fresh pip install needs no PATH change
+  if python3 -c 'import ansible' 2>/dev/null || python3 -m pip install -q ansible-core >/dev/null 2>&1; then
     A=$top/contrib/ansible; R=$W/reports; mkdir -p "$R"
     # two names for the one test server: with serial 1 and max_fail_percentage 0, the second
     # must not be reached once the first rolls back
@@ -206,16 +207,16 @@ ansible_user=root
 ansible_ssh_private_key_file=%s
 ansible_python_interpreter=/usr/bin/python3
 ' "$PORT" "$CACHE/id_ed25519" > "$W/inventory"
-    ( cd "$A" && ansible-playbook --syntax-check -i "$W/inventory" guarded-rollout.yml ) > "$W/syntax" 2>&1
+    ( cd "$A" && python3 -m ansible.cli.playbook --syntax-check -i "$W/inventory" guarded-rollout.yml ) > "$W/syntax" 2>&1
     check_out "ansible-playbook --syntax-check" "$W/syntax" "playbook: guarded-rollout.yml"
     repo good
-    ( cd "$A" && ANSIBLE_HOST_KEY_CHECKING=False ansible-playbook -i "$W/inventory" guarded-rollout.yml -l srv-a \
+    ( cd "$A" && ANSIBLE_HOST_KEY_CHECKING=False python3 -m ansible.cli.playbook -i "$W/inventory" guarded-rollout.yml -l srv-a \
         -e "{\"guard_command\": [\"apt-get\", \"-y\", \"dist-upgrade\"], \"guard_policy\": \"apt\", \"guard_report_dir\": \"$R\"}" ) > "$W/play1" 2>&1
     cp "$W/play1" "$CACHE/ansible-play1.out"
     check_out "a clean rollout: the host succeeds" "$W/play1" "srv-a +: ok=[0-9]+ +changed=[1-9].*failed=0"
     check_eq "summary: srv-a action committed" "$(python3 -c 'import json,sys; print([r["action"] for r in json.load(open(sys.argv[1]))["reports"] if r["host"]=="srv-a"][0])' "$R/summary.json")" committed
     rm -f "$R"/*.json; repo bad
-    ( cd "$A" && ANSIBLE_HOST_KEY_CHECKING=False ansible-playbook -i "$W/inventory" guarded-rollout.yml \
+    ( cd "$A" && ANSIBLE_HOST_KEY_CHECKING=False python3 -m ansible.cli.playbook -i "$W/inventory" guarded-rollout.yml \
         -e "{\"guard_command\": [\"apt-get\", \"-y\", \"dist-upgrade\"], \"guard_policy\": \"apt\", \"guard_report_dir\": \"$R\"}" ) > "$W/play2" 2>&1
     cp "$W/play2" "$CACHE/ansible-play2.out"
     check_out "a breaking rollout: srv-a fails" "$W/play2" "srv-a +: .*failed=1"
@@ -227,6 +228,12 @@ ansible_python_interpreter=/usr/bin/python3
   stop_vm
 else bad "boot"; fi
 end
+fi
+
+if want package_and_ansible && [ -z "$DEB" ]; then
+  begin package_installed_and_ansible_rollout
+  bad "no .deb in target/debian: build it first (tests/deb/check.sh, as scripts/test does)"
+  end
 fi
 
 echo "debian: $passed passed, $failed failed"
