@@ -46,6 +46,9 @@ _guard() {
             guard,status)
                 cmd="guard__subcmd__status"
                 ;;
+            guard,watch)
+                cmd="guard__subcmd__watch"
+                ;;
             guard__subcmd__help,commit)
                 cmd="guard__subcmd__help__subcmd__commit"
                 ;;
@@ -75,6 +78,9 @@ _guard() {
                 ;;
             guard__subcmd__help,status)
                 cmd="guard__subcmd__help__subcmd__status"
+                ;;
+            guard__subcmd__help,watch)
+                cmd="guard__subcmd__help__subcmd__watch"
                 ;;
             guard__subcmd__help__subcmd__policy,check)
                 cmd="guard__subcmd__help__subcmd__policy__subcmd__check"
@@ -107,7 +113,7 @@ _guard() {
 
     case "${cmd}" in
         guard)
-            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --dry-run --wait --json --report --quiet --help --version status recover commit resume rollback dm-status policy man completions help"
+            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --dry-run --wait --json --report --quiet --help --version status recover commit resume rollback dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,7 +217,7 @@ _guard() {
             return 0
             ;;
         guard__subcmd__help)
-            opts="status recover commit resume rollback dm-status policy man completions help"
+            opts="status recover commit resume rollback dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -392,6 +398,20 @@ _guard() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        guard__subcmd__help__subcmd__watch)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         guard__subcmd__man)
             opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -553,6 +573,24 @@ _guard() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__watch)
+            opts="-h --once --period --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --period)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -166,6 +166,16 @@ pub enum Sub {
         #[arg(value_name = "DM_NAME")]
         name: String,
     },
+    /// Watch the snapshots of kept runs and extend them before they fill (started in the
+    /// background when a run is kept; ends when no kept run is left)
+    Watch {
+        /// Watch one period, then exit
+        #[arg(long)]
+        once: bool,
+        /// How long to watch before reading the journal again
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        period: String,
+    },
     /// Check and list policies
     Policy {
         #[command(subcommand)]
@@ -363,6 +373,11 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Sub::Policy { sub } => policy_cmd(sub),
+        Sub::Watch { once, period } => {
+            let period = parse_duration("--period", &period)?;
+            preflight()?;
+            crate::keepwatch::watch(&lvm, &journal, period, once)
+        }
         Sub::Man => {
             crate::manpage::render(&mut std::io::stdout().lock())
                 .map_err(|e| Error::io("cannot write the man page", e))?;

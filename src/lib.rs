@@ -11,6 +11,7 @@ pub mod fault;
 pub mod freeze;
 pub mod hooks;
 pub mod journal;
+pub mod keepwatch;
 pub mod lock;
 pub mod log;
 pub mod lvm;

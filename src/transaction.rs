@@ -671,6 +671,8 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
     if let Some(until) = &rec.keep_until {
         todo.push(format!("after {until} `guard recover --expire` commits it"));
     }
+    // Kept snapshots still fill as the origin changes: watch them in the background.
+    crate::keepwatch::start_background();
     Ok(todo)
 }
 

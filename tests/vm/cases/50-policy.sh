@@ -207,3 +207,20 @@ setsid guard --lv vg/data --on-failure ask -- sh -c 'mkdir -p /mnt/x; mount /dev
 check_out "no terminal: says so and rolls back" out "no terminal to ask on; rolling back"
 check_eq "rolled back" "$(content data)" original
 end
+
+begin kept_snapshots_are_watched_in_the_background
+# After guard exits, a kept snapshot still fills as the origin changes; `guard watch` (started
+# in the background when the run is kept) extends it before it is invalidated.
+mkfs_lv data 200M /mnt/data
+guard --lv vg/data --size 8M --keep 10m -- true > out 2>&1; run=$(run_id_of out)
+size0=$(lvs --noheadings --units b --nosuffix -o lv_size "vg/data-guard-$run" | tr -d ' ')
+write_mb /mnt/data/big 64 sync
+sleep 3
+size1=$(lvs --noheadings --units b --nosuffix -o lv_size "vg/data-guard-$run" | tr -d ' ')
+note "kept snapshot: $size0 bytes before, $size1 after 64 MiB written"
+check "the kept snapshot was extended" [ "$size1" -gt "$size0" ]
+check "and is still valid" sh -c "! lvs --noheadings -o lv_attr vg/data-guard-$run | grep -q 'swi-I'"
+guard rollback "$run" --finish > rb 2>&1
+check_eq "the kept run still rolls back to the original bytes" "$(content data)" original
+sleep 1
+end
