@@ -184,11 +184,11 @@ pub fn start_background() {
 
 fn unit_active() -> bool {
     crate::exec::system_command("systemctl")
-        .and_then(|mut c| {
-            Ok(c.args(["is-active", "--quiet", "guard-watch"])
+        .map(|mut c| {
+            c.args(["is-active", "--quiet", "guard-watch"])
                 .status()
                 .map(|s| s.success())
-                .unwrap_or(false))
+                .unwrap_or(false)
         })
         .unwrap_or(false)
 }
