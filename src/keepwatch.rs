@@ -73,80 +73,120 @@ fn watcher_for(rec: &RunRecord, lvs: &[lvm::Lv]) -> Option<Watcher> {
     Some(Watcher::new(items, free, cfg, &rec.id))
 }
 
-/// Watches every kept run until none is left (or `once`: one pass of `period`).
+fn ready_file() -> std::path::PathBuf {
+    crate::lock::lock_dir().join("watch.ready")
+}
+
+/// Tells a guard that handed a run over which runs are watched now (one id a line).
+fn announce(ids: &[String]) {
+    let path = ready_file();
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, ids.join("\n") + "\n").is_ok() {
+        let _ = std::fs::rename(&tmp, &path);
+    }
+}
+
+/// Whether the background watcher has taken the run on.
+pub fn is_watched(run: &str) -> bool {
+    std::fs::read_to_string(ready_file())
+        .map(|t| t.lines().any(|l| l == run))
+        .unwrap_or(false)
+}
+
+/// Puts what a watcher did into its run's journal record, if the run is still kept.
+fn save_events(journal: &Journal, id: &str, w: &mut Watcher) -> Result<()> {
+    if w.events.is_empty() {
+        return Ok(());
+    }
+    if let Ok(mut rec) = journal.load(id) {
+        if rec.phase == Phase::Kept {
+            rec.events.extend(std::mem::take(&mut w.events));
+            for (t, it) in rec.targets.iter_mut().zip(&w.items) {
+                t.extensions = t.extensions.max(it.extensions);
+                t.invalidated |= it.invalid;
+            }
+            journal.write(&mut rec)?;
+        }
+    }
+    Ok(())
+}
+
+/// Watches every kept run until none is left (or `once`: for one `period`). The journal is
+/// read every second, so a newly kept run is taken on at once; `lvs` only when the set changes.
 pub fn watch(lvm: &dyn Lvm, journal: &Journal, period: Duration, once: bool) -> Result<i32> {
     // One watcher for all kept runs: a second `guard watch` leaves it to the first.
     let dir = crate::lock::lock_dir();
     let _ = std::fs::create_dir_all(&dir);
     let file = std::fs::File::create(dir.join("watch.lock"))
         .map_err(|e| crate::error::Error::io("cannot open the watch lock", e))?;
-    if nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+    let Ok(_lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    else {
         ui::say("another guard watch is already watching the kept runs");
         return Ok(0);
-    }
+    };
     let sig = SignalState::install()?;
+    let started = Instant::now();
+    let mut watchers: Vec<(String, Watcher)> = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut last_read = Instant::now() - Duration::from_secs(10);
+    let mut last_save = Instant::now();
     loop {
-        let runs = kept(journal);
-        if runs.is_empty() {
-            ui::say("no kept runs to watch");
-            return Ok(0);
-        }
-        let lvs = lvm.lvs()?;
-        let mut watchers: Vec<(RunRecord, Watcher)> = runs
-            .into_iter()
-            .filter_map(|r| watcher_for(&r, &lvs).map(|w| (r, w)))
-            .collect();
-        ui::say(&format!(
-            "watching the snapshots of {} kept run(s): {}",
-            watchers.len(),
-            watchers
-                .iter()
-                .map(|(r, _)| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        let until = Instant::now() + period;
-        while Instant::now() < until {
-            let mut next = Duration::from_millis(500);
-            for (_, w) in watchers.iter_mut() {
-                next = next.min(w.tick(&sig));
-            }
-            if sig.take_terminate() {
-                return Ok(0);
-            }
-            std::thread::sleep(next);
-        }
-        for (mut rec, mut w) in watchers {
-            w.finish();
-            if w.events.is_empty() {
-                continue;
-            }
-            // The run may have been committed or rolled back meanwhile: only a kept run is updated.
-            if let Ok(cur) = journal.load(&rec.id) {
-                if cur.phase == Phase::Kept {
-                    rec = cur;
-                    rec.events.extend(w.events.clone());
-                    for (t, it) in rec.targets.iter_mut().zip(&w.items) {
-                        t.extensions += it.extensions;
-                        t.invalidated |= it.invalid;
-                    }
-                    journal.write(&mut rec)?;
+        if last_read.elapsed() >= Duration::from_secs(1) {
+            last_read = Instant::now();
+            let runs = kept(journal);
+            let now_ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+            if now_ids != ids {
+                for (id, w) in watchers.iter_mut() {
+                    save_events(journal, id, w)?;
                 }
+                if runs.is_empty() {
+                    let _ = std::fs::remove_file(ready_file());
+                    ui::say("no kept runs left to watch");
+                    return Ok(0);
+                }
+                let lvs = lvm.lvs()?;
+                watchers = runs
+                    .iter()
+                    .filter_map(|r| watcher_for(r, &lvs).map(|w| (r.id.clone(), w)))
+                    .collect();
+                ids = now_ids;
+                announce(&ids);
+                ui::say(&format!(
+                    "watching the snapshots of kept run(s) {}",
+                    ids.join(", ")
+                ));
             }
         }
-        if once {
-            return Ok(0);
+        let mut next = Duration::from_millis(500);
+        for (_, w) in watchers.iter_mut() {
+            next = next.min(w.tick(&sig));
         }
+        if sig.take_terminate() || (once && started.elapsed() >= period) {
+            break;
+        }
+        if last_save.elapsed() >= period {
+            last_save = Instant::now();
+            for (id, w) in watchers.iter_mut() {
+                save_events(journal, id, w)?;
+            }
+        }
+        std::thread::sleep(next);
     }
+    for (id, w) in watchers.iter_mut() {
+        save_events(journal, id, w)?;
+    }
+    let _ = std::fs::remove_file(ready_file());
+    Ok(0)
 }
 
 /// Starts `guard watch` in the background for a run just kept: a transient systemd unit where
 /// systemd runs, else a detached process. Best effort: `guard status` still shows the use.
-pub fn start_background() {
+/// Returns whether a watcher was started (or is running).
+pub fn start_background() -> bool {
     let me = std::env::current_exe().unwrap_or_else(|_| "/usr/sbin/guard".into());
     // Only the guard binary itself (not a test harness linking the library) starts a watcher.
     if me.file_name().and_then(|n| n.to_str()) != Some("guard") {
-        return;
+        return false;
     }
     if std::path::Path::new("/run/systemd/system").exists() {
         if let Ok(mut c) = crate::exec::system_command("systemd-run") {
@@ -168,18 +208,19 @@ pub fn start_background() {
                 .unwrap_or(false);
             // a unit of that name already running watches every kept run: also fine
             if ok || unit_active() {
-                return;
+                return true;
             }
         }
     }
     use std::os::unix::process::CommandExt;
-    let _ = std::process::Command::new(&me)
+    std::process::Command::new(&me)
         .arg("watch")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0)
-        .spawn();
+        .spawn()
+        .is_ok()
 }
 
 fn unit_active() -> bool {

@@ -671,8 +671,17 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
     if let Some(until) = &rec.keep_until {
         todo.push(format!("after {until} `guard recover --expire` commits it"));
     }
-    // Kept snapshots still fill as the origin changes: watch them in the background.
-    crate::keepwatch::start_background();
+    // Kept snapshots still fill as the origin changes: hand the run over to the background
+    // watcher, and leave only once it has taken the run on.
+    if crate::keepwatch::start_background() {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !crate::keepwatch::is_watched(&rec.id) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    if !crate::keepwatch::is_watched(&rec.id) {
+        ui::warn("no background watcher took the kept snapshots on: run `guard watch` (or check them with `guard status`)");
+    }
     Ok(todo)
 }
 
