@@ -145,6 +145,8 @@ if start_vm; then
   check_eq "exit 0" "$rc" 0
   check_out "kept, with how to commit or roll back" "$W/out" "guard rollback $run"
   check_eq "the snapshot is kept" "$(g "lvs --noheadings -o lv_name @guard-run:$run" | tr -d ' ')" "root-guard-$run"
+  if grep -q "no background watcher" "$W/out"; then bad "the kept run was not handed to guard watch"; else ok "the kept run was handed to guard watch"; fi
+  check_eq "guard watch runs as the transient unit guard-watch" "$(g 'systemctl is-active guard-watch')" active
   g "guard rollback $run" > "$W/rb" 2>&1; rc=$?
   check_eq "guard rollback exits 0" "$rc" 0
   check_out "rollback of / completes at the next boot" "$W/rb" "next boot"
