@@ -544,17 +544,7 @@ fn rollback_cmd(
                 }
                 None => vec![],
             };
-            let env = crate::hooks::HookEnv {
-                run_id: rec.id.clone(),
-                targets: rec
-                    .targets
-                    .iter()
-                    .map(|t| format!("{}/{}", t.vg, t.lv))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                outcome: Some("rollback".into()),
-                exit_status: rec.exit_status,
-            };
+            let env = crate::hooks::HookEnv::for_record(rec);
             crate::hooks::run_point_reporting(&hooks, crate::hooks::HookPoint::PreRollback, &env);
             let todo = rollback::rollback_run(lvm, journal, rec)?;
             crate::hooks::run_point_reporting(&hooks, crate::hooks::HookPoint::PostRollback, &env);

@@ -132,12 +132,11 @@ impl Watchdog {
                     events: libc::POLLIN,
                     revents: 0,
                 };
-                let deadline_ms = ms;
-                let mut r = libc::poll(&mut pfd, 1, deadline_ms);
+                let mut r = libc::poll(&mut pfd, 1, ms);
                 // EINTR cannot come from the ignored signals; retry a few times anyway
                 let mut tries = 0;
                 while r < 0 && tries < 3 {
-                    r = libc::poll(&mut pfd, 1, deadline_ms);
+                    r = libc::poll(&mut pfd, 1, ms);
                     tries += 1;
                 }
                 if r > 0 {

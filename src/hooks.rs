@@ -67,6 +67,31 @@ pub struct HookEnv {
     pub exit_status: Option<i32>,
 }
 
+impl HookEnv {
+    /// What the hooks around a decision are told: the run, its targets, the command's outcome.
+    pub fn for_record(rec: &crate::journal::RunRecord) -> HookEnv {
+        use crate::journal::Outcome;
+        HookEnv {
+            run_id: rec.id.clone(),
+            targets: rec
+                .targets
+                .iter()
+                .map(|t| format!("{}/{}", t.vg, t.lv))
+                .collect::<Vec<_>>()
+                .join(", "),
+            outcome: rec.outcome.map(|o| {
+                match o {
+                    Outcome::Success => "success",
+                    Outcome::Failure => "failure",
+                    Outcome::Aborted => "aborted",
+                }
+                .to_string()
+            }),
+            exit_status: rec.exit_status,
+        }
+    }
+}
+
 fn command(argv: &[String], env: &HookEnv, point: &str) -> Command {
     let mut c = Command::new(&argv[0]);
     c.args(&argv[1..])

@@ -129,10 +129,21 @@ pub fn watch(lvm: &dyn Lvm, journal: &Journal, period: Duration, once: bool) -> 
     let mut watchers: Vec<(String, Watcher)> = Vec::new();
     let mut ids: Vec<String> = Vec::new();
     let mut last_read = Instant::now() - Duration::from_secs(10);
+    // Every journal write is a rename into the runs folder: its mtime says when to read again.
+    let mut seen_change = None;
     let mut last_save = Instant::now();
     loop {
-        if last_read.elapsed() >= Duration::from_secs(1) {
+        let due = last_read.elapsed() >= Duration::from_secs(1);
+        let changed = due
+            .then(|| {
+                std::fs::metadata(journal.dir())
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .flatten();
+        if due && (changed.is_none() || changed != seen_change || last_read.elapsed() >= period) {
             last_read = Instant::now();
+            seen_change = changed;
             let runs = kept(journal);
             let now_ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
             if now_ids != ids {

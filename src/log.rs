@@ -121,10 +121,6 @@ pub fn stderr_is_journal() -> bool {
     })
 }
 
-pub fn event(msg: &str) {
-    structured(Kind::Info, msg, &[]);
-}
-
 /// One event with extra fields (names upper-case, e.g. ("GUARD_LV", "vg0/root")).
 pub fn structured(kind: Kind, msg: &str, fields: &[(&str, String)]) {
     if !enabled() {

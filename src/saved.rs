@@ -144,10 +144,6 @@ pub fn restore_all(run: &str, saved: &[SavedPath]) -> Vec<std::result::Result<St
     out
 }
 
-pub fn is_on(path: &Path, saved: &[SavedPath]) -> bool {
-    saved.iter().any(|s| s.path == path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,7 +259,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     journal.write(&mut rec)?;
     crate::fault::pause("before-decision");
 
-    let todo = apply_decision(lvm, journal, &mut rec, opts, &env, &watcher);
+    let todo = apply_decision(lvm, journal, &mut rec, opts, &watcher);
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
     Ok(code)
@@ -499,8 +499,9 @@ fn snapshot_set(
         ));
         rec.suspended.clear();
         journal.write(rec)?;
-        let mut vgs: Vec<&str> = plan.targets.iter().map(|t| t.vg.as_str()).collect();
-        vgs.dedup();
+        // each VG once, also when the set's VGs interleave
+        let vgs: std::collections::BTreeSet<&str> =
+            plan.targets.iter().map(|t| t.vg.as_str()).collect();
         for vg in vgs {
             if let Err(e) = lvm.backup_metadata(vg) {
                 ui::warn(&format!("cannot back up the metadata of VG {vg}: {e}"));
@@ -549,15 +550,10 @@ fn apply_decision(
     journal: &Journal,
     rec: &mut RunRecord,
     opts: &RunOptions,
-    env: &HookEnv,
     watcher: &Watcher,
 ) -> Vec<String> {
     let success = rec.outcome == Some(Outcome::Success);
-    let env = HookEnv {
-        outcome: Some(if success { "success" } else { "failure" }.into()),
-        exit_status: rec.exit_status,
-        ..env.clone()
-    };
+    let env = HookEnv::for_record(rec);
     let on_failure = match opts.on_failure {
         OnFailure::Ask if !success => ask_after_failure(rec, watcher),
         other => other,
