@@ -58,9 +58,11 @@ pub struct SignalState {
     /// A terminating signal that arrived while no command was running.
     pending: AtomicI32,
     hangup: AtomicBool,
-    /// Any SIGINT/SIGTERM/SIGQUIT: the watcher ends a hold on it.
+    /// Any SIGINT/SIGTERM/SIGQUIT (also forwarded to the command): the watcher takes it on its
+    /// next tick, and only a hold acts on it (the held command cannot).
     terminate: AtomicBool,
-    /// `guard resume RUN` (SIGUSR1) and `guard rollback RUN` (SIGUSR2) while a run is held.
+    /// `guard resume RUN` (SIGUSR1) and `guard rollback RUN` (SIGUSR2): the watcher takes them
+    /// on its next tick, held or not, so that no request waits for a later hold.
     resume: AtomicBool,
     rollback: AtomicBool,
 }
@@ -77,26 +79,32 @@ impl SignalState {
         let st = state.clone();
         std::thread::spawn(move || {
             for sig in signals.forever() {
-                match sig {
-                    SIGHUP => st.hangup.store(true, Ordering::SeqCst),
-                    SIGUSR1 => st.resume.store(true, Ordering::SeqCst),
-                    SIGUSR2 => st.rollback.store(true, Ordering::SeqCst),
-                    _ => st.terminate.store(true, Ordering::SeqCst),
-                }
-                if matches!(sig, SIGHUP | SIGUSR1 | SIGUSR2) {
-                    continue;
-                }
-                let pgid = st.child_pgid.load(Ordering::SeqCst);
-                if pgid > 0 {
-                    if let Ok(s) = Signal::try_from(sig) {
-                        let _ = killpg(Pid::from_raw(pgid), s);
-                    }
-                } else {
-                    st.pending.store(sig, Ordering::SeqCst);
-                }
+                st.note(sig);
             }
         });
         Ok(state)
+    }
+
+    /// Records a signal guard received; a terminating one goes on to the command's group (or
+    /// waits as `pending` while no command runs).
+    pub fn note(&self, sig: i32) {
+        match sig {
+            SIGHUP => self.hangup.store(true, Ordering::SeqCst),
+            SIGUSR1 => self.resume.store(true, Ordering::SeqCst),
+            SIGUSR2 => self.rollback.store(true, Ordering::SeqCst),
+            _ => self.terminate.store(true, Ordering::SeqCst),
+        }
+        if matches!(sig, SIGHUP | SIGUSR1 | SIGUSR2) {
+            return;
+        }
+        let pgid = self.child_pgid.load(Ordering::SeqCst);
+        if pgid > 0 {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = killpg(Pid::from_raw(pgid), s);
+            }
+        } else {
+            self.pending.store(sig, Ordering::SeqCst);
+        }
     }
 
     pub fn pending(&self) -> Option<i32> {

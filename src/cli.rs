@@ -297,7 +297,7 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         checks,
         warn_unless_on_lvm: p.warn_unless_on_lvm.clone(),
         save_unless_on_lvm: p.save_unless_on_lvm.clone(),
-        policy: a.policy.clone(),
+        policy: policy.map(Policy::recorded).or_else(|| a.policy.clone()),
     })
 }
 
@@ -406,23 +406,45 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Sub::Commit { run } => {
             preflight()?;
-            let mut rec = recover::load_run(&lvm, &journal, &run)?;
-            commit_run(&lvm, &journal, &mut rec)
+            let mut held = crate::ops::hold(&lvm, &journal, &run, "commit")?;
+            commit_run(&lvm, &journal, &mut held.rec)
         }
         Sub::Resume { run } => {
             preflight()?;
+            if !crate::journal::valid_run_id(&run) {
+                return Err(bad_run_id(&run));
+            }
             let rec = journal.load(&run)?;
             signal_running_guard(&rec, nix::sys::signal::Signal::SIGUSR1, "resume")
         }
         Sub::Rollback { run, finish } => {
             preflight()?;
-            let mut rec = recover::load_run(&lvm, &journal, &run)?;
-            if rec.phase == crate::journal::Phase::Running {
-                return signal_running_guard(&rec, nix::sys::signal::Signal::SIGUSR2, "roll back");
+            if !crate::journal::valid_run_id(&run) {
+                return Err(bad_run_id(&run));
             }
-            rollback_cmd(&lvm, &journal, &mut rec, finish)
+            // a run still in its guard's hands is steered by a signal: that guard holds the locks
+            if let Ok(rec) = journal.load(&run) {
+                if rec.phase == crate::journal::Phase::Running
+                    && crate::journal::process_alive(rec.guard_pid, rec.guard_start)
+                {
+                    return signal_running_guard(
+                        &rec,
+                        nix::sys::signal::Signal::SIGUSR2,
+                        "roll back",
+                    );
+                }
+            }
+            let mut held = crate::ops::hold(&lvm, &journal, &run, "rollback")?;
+            rollback_cmd(&lvm, &journal, &mut held.rec, finish)
         }
     }
+}
+
+fn bad_run_id(s: &str) -> Error {
+    Error::refused(
+        format!("{s:?} is not a run id (they look like 20261127-101500-3f9a…)"),
+        "list runs with `guard status --all`",
+    )
 }
 
 fn policy_cmd(sub: PolicySub) -> Result<i32> {
@@ -533,26 +555,18 @@ fn rollback_cmd(
     use crate::journal::Phase;
     match rec.phase {
         Phase::Kept | Phase::Decided | Phase::RollingBack => {
-            // The run's policy (kept in the journal) says what to stop before and start after.
-            let hooks = match rec.policy.as_deref().map(policy::load) {
-                Some(Ok(p)) => p.hooks,
-                Some(Err(e)) => {
-                    ui::warn(&format!(
-                        "the run's policy cannot be read, its rollback hooks are skipped: {e}"
-                    ));
-                    vec![]
-                }
-                None => vec![],
-            };
-            let env = crate::hooks::HookEnv::for_record(rec);
-            crate::hooks::run_point_reporting(&hooks, crate::hooks::HookPoint::PreRollback, &env);
-            let todo = rollback::rollback_run(lvm, journal, rec)?;
-            crate::hooks::run_point_reporting(&hooks, crate::hooks::HookPoint::PostRollback, &env);
+            if !finish {
+                crate::keepwatch::room_for_deferred_merges(lvm, rec);
+            }
+            let todo = rollback::rollback_with_hooks(lvm, journal, rec)?;
             if finish && rec.phase == Phase::RollbackScheduled {
                 rollback::finish(lvm, journal, rec)?;
             } else {
                 for t in todo {
                     ui::say(&format!("to do: {t}"));
+                }
+                if rec.phase == Phase::RollbackScheduled {
+                    crate::keepwatch::hand_off(&rec.id);
                 }
             }
             Ok(0)
@@ -565,7 +579,7 @@ fn rollback_cmd(
             for t in rec
                 .targets
                 .iter()
-                .filter(|t| t.rollback.as_deref() == Some("scheduled"))
+                .filter(|t| t.rollback == Some(crate::model::TargetState::Scheduled))
             {
                 ui::say(&format!(
                     "{}/{}: rollback completes {}",

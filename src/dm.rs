@@ -237,14 +237,20 @@ pub fn parse_snapshot(params: &str) -> SnapshotUse {
     }
 }
 
-/// A thin pool's data and metadata use, in blocks.
+/// A thin pool's data and metadata use, in blocks, and its mode.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolUse {
     pub meta_used: u64,
     pub meta_total: u64,
     pub data_used: u64,
     pub data_total: u64,
+    /// `out_of_data_space`: writes queue (or fail) until the pool grows.
     pub out_of_space: bool,
+    /// `ro`: the metadata went read-only after an error (or a full metadata device).
+    pub read_only: bool,
+    /// `needs_check`: the metadata must be repaired before the pool is writable again.
+    pub needs_check: bool,
+    /// `Fail`: the pool failed; no use can be read.
     pub failed: bool,
 }
 
@@ -256,7 +262,9 @@ pub fn parse_thin_pool(params: &str) -> Option<PoolUse> {
             meta_total: 1,
             data_used: 0,
             data_total: 1,
-            out_of_space: true,
+            out_of_space: false,
+            read_only: false,
+            needs_check: false,
             failed: true,
         });
     }
@@ -271,9 +279,10 @@ pub fn parse_thin_pool(params: &str) -> Option<PoolUse> {
         meta_total,
         data_used,
         data_total,
-        out_of_space: f
-            .get(4)
-            .is_some_and(|s| *s == "out_of_data_space" || *s == "ro"),
+        // <transaction> <meta> <data> <held root> ro|rw|out_of_data_space ... needs_check|- ...
+        out_of_space: f.get(4).is_some_and(|s| *s == "out_of_data_space"),
+        read_only: f.get(4).is_some_and(|s| *s == "ro"),
+        needs_check: f.iter().skip(5).any(|s| *s == "needs_check"),
         failed: false,
     })
 }

@@ -33,6 +33,25 @@ pub fn thaw(path: &Path) -> Result<()> {
     }
 }
 
+/// The filesystems (by device number) this process holds frozen now. Anything guard itself
+/// must write during a hold checks here first: a write to a frozen filesystem blocks in the
+/// kernel until the thaw, and only guard can thaw it.
+static FROZEN_DEVS: std::sync::Mutex<std::collections::BTreeSet<u64>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Is `path` (or its nearest existing ancestor) on a filesystem this process holds frozen?
+/// stat does not block on a frozen filesystem.
+pub fn on_frozen_fs(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let devs = FROZEN_DEVS.lock().unwrap_or_else(|e| e.into_inner());
+    if devs.is_empty() {
+        return false;
+    }
+    path.ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())
+        .is_some_and(|m| devs.contains(&m.dev()))
+}
+
 #[derive(Debug, Default)]
 pub struct Frozen {
     paths: Vec<PathBuf>,
@@ -40,11 +59,29 @@ pub struct Frozen {
 
 impl Frozen {
     /// Freezes every path, or none: on an error those already frozen are thawed.
+    /// A filesystem mounted in several places (bind mounts) is frozen once: FIFREEZE acts
+    /// on the superblock, and a second one fails with EBUSY.
     pub fn freeze(paths: &[PathBuf]) -> Result<Frozen> {
+        use std::os::unix::fs::MetadataExt;
         let mut done = Frozen::default();
+        let mut seen = std::collections::BTreeSet::new();
         for p in paths {
+            // stat does not block on a frozen filesystem; an unreadable path is frozen (and
+            // fails) as before
+            let dev = std::fs::metadata(p).ok().map(|m| m.dev());
+            if let Some(d) = dev {
+                if !seen.insert(d) {
+                    continue;
+                }
+            }
             if let Err(e) = ioctl_on(p, FIFREEZE) {
                 return Err(Error::io(format!("cannot freeze {}", p.display()), e));
+            }
+            if let Some(d) = dev {
+                FROZEN_DEVS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(d);
             }
             done.paths.push(p.clone());
         }
@@ -58,8 +95,19 @@ impl Frozen {
     pub fn thaw_all(&mut self) -> Result<()> {
         let mut first_err = None;
         for p in self.paths.drain(..).rev() {
-            if let Err(e) = thaw(&p) {
-                first_err.get_or_insert(e);
+            use std::os::unix::fs::MetadataExt;
+            match thaw(&p) {
+                Ok(()) => {
+                    if let Ok(m) = std::fs::metadata(&p) {
+                        FROZEN_DEVS
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&m.dev());
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         first_err.map_or(Ok(()), Err)

@@ -3,6 +3,10 @@
 //! `sh -c`, so nothing from the environment or the command line is pasted into shell text; what
 //! a hook needs to know comes in GUARD_* environment variables.
 //!
+//! Programs are found in SECURE_PATH (sudo's secure_path), never in the caller's $PATH: guard
+//! runs them as root, and whoever set up the caller's environment must not choose what runs.
+//! Hooks also get SECURE_PATH as their PATH, so what they run in turn is found there too.
+//!
 //! Points: `pre_snapshot` (failure aborts the run, nothing changed), `hold` (started before the
 //! snapshots; guard waits for its ready line and ends it once the snapshots exist: the database
 //! lock case), `post_snapshot`, `pre_rollback` (e.g. stop services so the merge can start now),
@@ -12,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::ui;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -92,9 +97,53 @@ impl HookEnv {
     }
 }
 
-fn command(argv: &[String], env: &HookEnv, point: &str) -> Command {
-    let mut c = Command::new(&argv[0]);
+/// The folders hook and check programs are looked up in, in order (sudo's secure_path).
+pub const SECURE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds a hook or check program: an absolute path as it is, a bare name in SECURE_PATH. A
+/// relative path is refused: it would depend on the folder guard happens to be started in.
+pub fn resolve_program(prog: &str) -> Result<PathBuf> {
+    let runnable = |p: &Path| crate::exec::is_executable(p);
+    if prog.is_empty() {
+        return Err(Error::refused(
+            "the program name is empty",
+            "give an absolute path, e.g. \"/usr/bin/systemctl\"",
+        ));
+    }
+    if prog.contains('/') {
+        let p = Path::new(prog);
+        if !p.is_absolute() {
+            return Err(Error::refused(
+                format!("program {prog:?} is a relative path: it would be looked up from whatever folder guard is started in"),
+                "give an absolute path, or a bare name found in the secure path",
+            ));
+        }
+        if !runnable(p) {
+            return Err(Error::refused(
+                format!("program {prog:?} does not exist or is not an executable file"),
+                "install it, or fix the path",
+            ));
+        }
+        return Ok(p.to_path_buf());
+    }
+    SECURE_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| runnable(p))
+        .ok_or_else(|| {
+            Error::refused(
+                format!("program {prog:?} not found in the secure path {SECURE_PATH} (hooks and checks are never looked up in $PATH)"),
+                format!("give its absolute path (e.g. \"/opt/tool/bin/{prog}\"), or install it in one of those folders"),
+            )
+        })
+}
+
+fn command(argv: &[String], env: &HookEnv, point: &str) -> Result<Command> {
+    // Resolved when the policy was read (argv[0] is then absolute); resolved here again so that
+    // nothing reaches exec through a $PATH lookup.
+    let mut c = Command::new(resolve_program(&argv[0])?);
     c.args(&argv[1..])
+        .env("PATH", SECURE_PATH)
         .env("GUARD_RUN", &env.run_id)
         .env("GUARD_HOOK", point)
         .env("GUARD_TARGETS", &env.targets);
@@ -104,7 +153,7 @@ fn command(argv: &[String], env: &HookEnv, point: &str) -> Command {
     if let Some(s) = env.exit_status {
         c.env("GUARD_EXIT_STATUS", s.to_string());
     }
-    c
+    Ok(c)
 }
 
 /// Relays a child's output lines to guard's stderr with a prefix, and keeps them.
@@ -163,7 +212,7 @@ fn spawn(c: &mut Command, what: &str) -> Result<Child> {
 /// Runs one ordinary hook to completion within its time limit.
 pub fn run_hook(h: &HookSpec, env: &HookEnv) -> Result<()> {
     let what = format!("{} hook {}", h.when.as_str(), h.name);
-    let mut c = command(&h.argv, env, h.when.as_str());
+    let mut c = command(&h.argv, env, h.when.as_str())?;
     c.stdin(if h.stdin.is_some() {
         Stdio::piped()
     } else {
@@ -220,7 +269,7 @@ pub struct Hold {
 pub fn start_hold(h: &HookSpec, env: &HookEnv) -> Result<Hold> {
     let what = format!("hold hook {}", h.name);
     let ready = h.ready.clone().unwrap_or_default();
-    let mut c = command(&h.argv, env, "hold");
+    let mut c = command(&h.argv, env, "hold")?;
     // stdin stays open: closing it is how a session-type hold (mysql) is told to end
     c.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -329,7 +378,7 @@ pub fn run_checks(checks: &[CheckSpec], env: &HookEnv) -> Option<String> {
 }
 
 fn run_check(c: &CheckSpec, env: &HookEnv) -> std::result::Result<(), String> {
-    let mut cmd = command(&c.argv, env, "check");
+    let mut cmd = command(&c.argv, env, "check").map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -354,13 +403,18 @@ fn run_check(c: &CheckSpec, env: &HookEnv) -> std::result::Result<(), String> {
 
 /// `--check "CMD ARGS"`: split like a shell would split words, without running one.
 pub fn check_from_flag(s: &str) -> Result<CheckSpec> {
-    let argv = shlex::split(s).filter(|v| !v.is_empty()).ok_or_else(|| {
+    let mut argv = shlex::split(s).filter(|v| !v.is_empty()).ok_or_else(|| {
         Error::refused(
             format!("--check {s:?} is not a command"),
             "quote it as one argument: --check 'curl -fsS http://localhost/health'",
         )
     })?;
-    crate::child::resolve_program(std::ffi::OsStr::new(&argv[0]))?;
+    // Like a policy's checks: the secure path, never $PATH; kept absolute for the report.
+    let program = resolve_program(&argv[0]).map_err(|e| match e {
+        Error::Refused { problem, fix } => Error::refused(format!("--check {s:?}: {problem}"), fix),
+        e => e,
+    })?;
+    argv[0] = program.display().to_string();
     Ok(CheckSpec {
         name: s.to_string(),
         argv,
@@ -429,7 +483,8 @@ mod tests {
     fn checks_fail_on_status_or_on_output_when_asked() {
         let env = HookEnv::default();
         let mut c = check_from_flag("sh -c 'echo broken pkg'").unwrap();
-        assert_eq!(c.argv, ["sh", "-c", "echo broken pkg"]);
+        assert!(c.argv[0].starts_with('/') && c.argv[0].ends_with("/sh"));
+        assert_eq!(c.argv[1..], ["-c", "echo broken pkg"]);
         assert!(run_checks(std::slice::from_ref(&c), &env).is_none());
         c.fail_on_output = true;
         let why = run_checks(std::slice::from_ref(&c), &env).unwrap();
@@ -438,5 +493,61 @@ mod tests {
         assert!(run_checks(&[f], &env).unwrap().contains("exit status: 1"));
         assert!(check_from_flag("").is_err());
         assert!(check_from_flag("/no/such/check").is_err());
+    }
+
+    #[test]
+    fn hook_programs_come_from_the_secure_path_never_from_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // one name found nowhere in the secure path, one that /usr/bin has too
+        let only_here = "guard-test-hook-only-in-path";
+        for name in [only_here, "env"] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // Put first, not instead: tests running alongside still find their programs.
+        let old = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![dir.path().to_path_buf()];
+        dirs.extend(std::env::split_paths(&old));
+        std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
+        let by_path = crate::child::resolve_program(std::ffi::OsStr::new(only_here));
+        let hidden = resolve_program(only_here);
+        let flag = check_from_flag(only_here);
+        let policy = crate::policy::parse(
+            "t",
+            "t.toml",
+            &format!("[[hook]]\nwhen = \"pre_rollback\"\nrun = [\"{only_here}\"]\n[[check]]\nrun = [\"env\"]\n"),
+        );
+        let env = resolve_program("env");
+        let sees = run_hook(
+            &hook(
+                HookPoint::PreRollback,
+                &format!("test \"$PATH\" = {SECURE_PATH}"),
+            ),
+            &HookEnv::default(),
+        );
+        std::env::set_var("PATH", old);
+
+        // the caller's PATH did hold the program: only guard's lookup ignores it
+        assert_eq!(by_path.unwrap(), dir.path().join(only_here));
+        let e = hidden.unwrap_err().to_string();
+        assert!(e.contains(&format!("{only_here:?}")), "{e}");
+        assert!(e.contains(SECURE_PATH), "{e}");
+        assert!(e.contains("fix: give its absolute path"), "{e}");
+        assert!(e.contains("or install it"), "{e}");
+        let e = flag.unwrap_err().to_string();
+        assert!(e.contains(SECURE_PATH), "{e}");
+        let e = policy.unwrap_err().to_string();
+        assert!(e.contains("t.toml:3:1"), "{e}");
+        assert!(e.contains(SECURE_PATH), "{e}");
+        assert_eq!(env.unwrap(), Path::new("/usr/bin/env"));
+        let p =
+            crate::policy::parse("t", "t.toml", "[[check]]\nrun = [\"env\", \"-0\"]\n").unwrap();
+        assert_eq!(p.checks[0].argv, ["/usr/bin/env", "-0"]);
+        sees.expect("a hook runs with PATH set to the secure path");
+        // relative paths would be found from the current folder: refused
+        let e = resolve_program("bin/x").unwrap_err().to_string();
+        assert!(e.contains("relative path"), "{e}");
     }
 }

@@ -1,8 +1,14 @@
 //! One lock per LV (flock on /run/lock/guard/<LV uuid>.lock): a second guard on an overlapping
 //! set is refused at once, naming the holder, or waits with --wait. The lock is the kernel's, so
 //! a guard killed by -9 releases it; and /run is emptied at boot. Keyed by UUID because LV names
-//! with hyphens would make "vg-lv" file names ambiguous.
+//! with hyphens would make "vg-lv" file names ambiguous. One lock per run too
+//! (run-<id>.lock), for the commands that act on a run.
+//!
+//! /run/lock is writable by every user: the folder must be root's and 0700 (tmpfiles.d makes it
+//! at boot; guard makes it so otherwise), and lock files are opened with O_NOFOLLOW and checked
+//! (store.rs), or a user could plant a symlink guard truncates as root, or hold the locks.
 use crate::error::{Error, Result};
+use crate::store::{Folder, Open, SecureDir};
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
@@ -14,10 +20,21 @@ pub fn lock_dir() -> PathBuf {
         .unwrap_or_else(|| "/run/lock/guard".into())
 }
 
+/// The lock folder, made 0700 or checked to be root's and closed to others.
+pub fn open_lock_dir() -> Result<SecureDir> {
+    crate::store::secure_dir(&lock_dir(), Folder::Runtime)
+}
+
 /// Held locks; dropping it releases them.
 #[derive(Debug)]
 pub struct LvLocks {
     _files: Vec<File>,
+}
+
+/// A held run lock; dropping it releases it.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
 }
 
 /// What one LV to lock is: its uuid and the name to show.
@@ -43,67 +60,154 @@ fn flock(f: &File, wait: bool) -> std::io::Result<bool> {
     }
 }
 
+/// How a lock attempt ended.
+enum Got {
+    Locked(File),
+    /// Held by another: what its holder wrote (pid, command).
+    Held(File, String),
+}
+
+fn try_lock(dir: &SecureDir, name: &str) -> Result<Got> {
+    let mut f = dir.open(name, Open::Create)?;
+    let path = dir.join(name);
+    if flock(&f, false).map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))? {
+        return Ok(Got::Locked(f));
+    }
+    let mut who = String::new();
+    let _ = f.read_to_string(&mut who);
+    Ok(Got::Held(f, who.trim().replace('\n', ", ")))
+}
+
+fn wait_lock(dir: &SecureDir, name: &str, f: &File) -> Result<()> {
+    flock(f, true)
+        .map(|_| ())
+        .map_err(|e| Error::io(format!("cannot lock {}", dir.join(name).display()), e))
+}
+
+/// Says who holds the lock now (the file is 0600: the command line is for root only).
+fn mark(f: &mut File, holder: &str) {
+    f.set_len(0).ok();
+    f.rewind().ok();
+    let _ = writeln!(f, "pid {}\n{holder}", std::process::id());
+}
+
 /// Locks every target, in UUID order so that two waiting guards cannot deadlock.
 pub fn lock_all(targets: &[LockTarget], holder: &str, wait: bool) -> Result<(LvLocks, bool)> {
-    let dir = lock_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    lock_all_in(&open_lock_dir()?, targets, holder, wait)
+}
+
+fn lock_all_in(
+    dir: &SecureDir,
+    targets: &[LockTarget],
+    holder: &str,
+    wait: bool,
+) -> Result<(LvLocks, bool)> {
     let mut sorted: Vec<&LockTarget> = targets.iter().collect();
     sorted.sort_by(|a, b| a.uuid.cmp(&b.uuid));
     let mut files = Vec::new();
     let mut waited = false;
     for t in sorted {
-        let path = dir.join(format!("{}.lock", t.uuid));
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        if !flock(&f, false).map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))? {
-            let mut who = String::new();
-            let _ = f.read_to_string(&mut who);
-            let who = who.trim().replace('\n', ", ");
-            if !wait {
-                return Err(Error::refused(
-                    format!("{} is in use by another guard run ({who})", t.name),
-                    "wait for it to finish, or pass --wait to queue behind it",
+        let name = format!("{}.lock", t.uuid);
+        let mut f = match try_lock(dir, &name)? {
+            Got::Locked(f) => f,
+            Got::Held(f, who) => {
+                if !wait {
+                    return Err(Error::refused(
+                        format!("{} is in use by another guard run ({who})", t.name),
+                        "wait for it to finish, or pass --wait to queue behind it",
+                    ));
+                }
+                crate::ui::say(&format!(
+                    "waiting for the guard run holding {} ({who})",
+                    t.name
                 ));
+                wait_lock(dir, &name, &f)?;
+                waited = true;
+                f
             }
-            crate::ui::say(&format!(
-                "waiting for the guard run holding {} ({who})",
-                t.name
-            ));
-            flock(&f, true).map_err(|e| Error::io(format!("cannot lock {}", path.display()), e))?;
-            waited = true;
-        }
-        f.set_len(0).ok();
-        f.rewind().ok();
-        let _ = writeln!(f, "pid {}\n{holder}", std::process::id());
+        };
+        mark(&mut f, holder);
         files.push(f);
     }
     Ok((LvLocks { _files: files }, waited))
 }
 
+fn run_lock_name(run_id: &str) -> Result<String> {
+    if !crate::journal::valid_run_id(run_id) {
+        return Err(Error::refused(
+            format!("{run_id:?} is not a run id"),
+            "list runs with `guard status --all`",
+        ));
+    }
+    Ok(format!("run-{run_id}.lock"))
+}
+
+/// Locks one run (flock on run-<id>.lock), so that two commands never act on it at once:
+/// refused at once, naming the holder, or (wait) queued behind it.
+pub fn lock_run(run_id: &str, holder: &str, wait: bool) -> Result<RunLock> {
+    lock_run_in(&open_lock_dir()?, run_id, holder, wait)
+}
+
+fn lock_run_in(dir: &SecureDir, run_id: &str, holder: &str, wait: bool) -> Result<RunLock> {
+    let name = run_lock_name(run_id)?;
+    let mut f = match try_lock(dir, &name)? {
+        Got::Locked(f) => f,
+        Got::Held(f, who) => {
+            if !wait {
+                return Err(Error::refused(
+                    format!("run {run_id} is in use by another guard command ({who})"),
+                    "wait for it, or retry",
+                ));
+            }
+            crate::ui::say(&format!(
+                "waiting for the guard command holding run {run_id} ({who})"
+            ));
+            wait_lock(dir, &name, &f)?;
+            f
+        }
+    };
+    mark(&mut f, holder);
+    Ok(RunLock { _file: f })
+}
+
+/// Locks one run if nobody holds it: None when another guard command does.
+pub fn try_lock_run(run_id: &str) -> Result<Option<RunLock>> {
+    try_lock_run_in(&open_lock_dir()?, run_id)
+}
+
+fn try_lock_run_in(dir: &SecureDir, run_id: &str) -> Result<Option<RunLock>> {
+    match try_lock(dir, &run_lock_name(run_id)?)? {
+        Got::Locked(mut f) => {
+            mark(&mut f, &format!("run {run_id}"));
+            Ok(Some(RunLock { _file: f }))
+        }
+        Got::Held(..) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::secure_dir;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn target() -> Vec<LockTarget> {
+        vec![LockTarget {
+            uuid: "u1".into(),
+            name: "vg/a".into(),
+        }]
+    }
 
     #[test]
     fn second_locker_is_refused_with_the_holder_named() {
         let d = tempfile::tempdir().unwrap();
-        std::env::set_var("GUARD_LOCK_DIR", d.path());
-        let t = || {
-            vec![LockTarget {
-                uuid: "u1".into(),
-                name: "vg/a".into(),
-            }]
-        };
-        let (held, _) = lock_all(&t(), "guard -- sleep 9", false).unwrap();
+        // an explicit folder: the environment is shared by tests running in parallel
+        let dir = secure_dir(&d.path().join("locks"), crate::store::Folder::Runtime).unwrap();
+        let t = target;
+        let (held, _) = lock_all_in(&dir, &t(), "guard -- sleep 9", false).unwrap();
         // flock locks belong to the open file description: a second open conflicts even
         // inside one process, as a second guard would.
-        let err = lock_all(&t(), "x", false).unwrap_err().to_string();
+        let err = lock_all_in(&dir, &t(), "x", false).unwrap_err().to_string();
         assert!(err.contains("vg/a is in use"), "{err}");
         assert!(
             err.contains(&format!("pid {}", std::process::id())),
@@ -111,6 +215,101 @@ mod tests {
         );
         assert!(err.contains("sleep 9"), "{err}");
         drop(held);
-        assert!(lock_all(&t(), "x", false).is_ok());
+        assert!(lock_all_in(&dir, &t(), "x", false).is_ok());
+    }
+
+    #[test]
+    fn a_planted_symlink_lock_file_is_refused_and_its_target_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let dir = secure_dir(&d.path().join("locks"), Folder::Runtime).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("u1.lock")).unwrap();
+        let err = lock_all_in(&dir, &target(), "guard -- x", false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("u1.lock is a symlink"), "{err}");
+        assert!(err.contains("fix: remove it"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn a_lock_dir_open_to_others_is_refused_with_the_fix_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("locks");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let err = secure_dir(&p, Folder::Runtime).unwrap_err().to_string();
+        assert!(
+            err.contains("writable by group or others (mode 1777)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("chmod 0700 {}", p.display())),
+            "{err}"
+        );
+        assert!(err.contains(&format!("rm -rf {}", p.display())), "{err}");
+    }
+
+    #[test]
+    fn a_lock_dir_owned_by_another_user_is_refused_with_the_fix_named() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // chown needs root
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("locks");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        let err = secure_dir(&p, Folder::Runtime).unwrap_err().to_string();
+        assert!(err.contains("is owned by uid 65534, not root"), "{err}");
+        assert!(err.contains(&format!("rm -rf {}", p.display())), "{err}");
+    }
+
+    #[test]
+    fn a_symlinked_lock_dir_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), d.path().join("locks")).unwrap();
+        let err = secure_dir(&d.path().join("locks"), Folder::Runtime)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is a symlink"), "{err}");
+    }
+
+    #[test]
+    fn the_lock_dir_and_lock_files_are_private() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("locks");
+        let dir = secure_dir(&p, Folder::Runtime).unwrap();
+        let _l = lock_all_in(&dir, &target(), "guard -- secret", false).unwrap();
+        let _r = lock_run_in(&dir, "20261127-101010-abcd", "guard commit", false).unwrap();
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(p.clone()), 0o700);
+        assert_eq!(mode(p.join("u1.lock")), 0o600);
+        assert_eq!(mode(p.join("run-20261127-101010-abcd.lock")), 0o600);
+    }
+
+    #[test]
+    fn a_run_lock_is_refused_while_held_and_try_says_none() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = secure_dir(&d.path().join("locks"), Folder::Runtime).unwrap();
+        let id = "20261127-101010-0123456789abcdef";
+        let held = lock_run_in(&dir, id, "guard rollback", false).unwrap();
+        let err = lock_run_in(&dir, id, "guard commit", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "run {id} is in use by another guard command (pid {}",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("fix: wait for it, or retry"), "{err}");
+        assert!(try_lock_run_in(&dir, id).unwrap().is_none());
+        drop(held);
+        assert!(try_lock_run_in(&dir, id).unwrap().is_some());
+        assert!(lock_run_in(&dir, "../../tmp/x", "x", false).is_err());
     }
 }

@@ -179,8 +179,17 @@ fn send_journal(kind: Kind, msg: &str, run: Option<&str>, fields: &[(&str, Strin
     let Ok(sock) = UnixDatagram::unbound() else {
         return false;
     };
-    sock.send_to(&journal_datagram(kind, msg, run, fields), JOURNAL_SOCKET)
-        .is_ok()
+    // Never wait for journald: with / frozen by guard it cannot write its files, its queue
+    // fills, and a blocking send would stop guard from acting on `guard rollback` or
+    // `guard resume`, the very commands that end the freeze. A full queue drops the line
+    // (stderr still has it) rather than falling back to syslog, which would block the same way.
+    if sock.set_nonblocking(true).is_err() {
+        return false;
+    }
+    match sock.send_to(&journal_datagram(kind, msg, run, fields), JOURNAL_SOCKET) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    }
 }
 
 fn syslog(kind: Kind, text: &str) {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mount {
     pub dev: (u32, u32),
+    /// The folder of the filesystem that is mounted here: "/" for the whole filesystem,
+    /// else a bind mount of a subfolder.
+    pub root: PathBuf,
     pub mountpoint: PathBuf,
     pub options: String,
     pub fstype: String,
@@ -43,6 +46,7 @@ pub fn parse(text: &str) -> Vec<Mount> {
             let (maj, min) = l.get(2)?.split_once(':')?;
             Some(Mount {
                 dev: (maj.parse().ok()?, min.parse().ok()?),
+                root: PathBuf::from(unescape(l.get(3)?)),
                 mountpoint: PathBuf::from(unescape(l.get(4)?)),
                 options: l.get(5)?.to_string(),
                 fstype: r.first()?.to_string(),
@@ -111,6 +115,16 @@ mod tests {
         assert_eq!(m[2].mountpoint, PathBuf::from("/mnt/with space"));
         assert_eq!(m[2].fstype, "xfs");
         assert_eq!(m[2].source, "/dev/mapper/vg-thin");
+        assert_eq!(m[0].root, PathBuf::from("/"));
+    }
+
+    #[test]
+    fn a_bind_mount_of_a_subfolder_keeps_its_root() {
+        let m = parse(
+            "30 1 253:7 /sub/dir /srv/x rw,nosuid - ext4 /dev/vg/data rw,errors=remount-ro\n",
+        );
+        assert_eq!(m[0].root, PathBuf::from("/sub/dir"));
+        assert_eq!(m[0].mountpoint, PathBuf::from("/srv/x"));
     }
 
     #[test]

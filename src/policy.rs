@@ -7,12 +7,18 @@
 //! `/` or ending in `.toml`) is read as it is.
 //!
 //! A policy runs hooks as root, so a policy file, and every folder on its path, must be owned by
-//! root and not writable by group or others, as sudo and sshd demand of their files.
+//! root and not writable by group or others, as sudo and sshd demand of their files. The file is
+//! opened once, folder by folder from `/` without following links, and what is checked and read
+//! is that one descriptor: nobody can swap the file between the check and the read.
 use crate::error::{Error, Result};
 use crate::hooks::{CheckSpec, HookPoint, HookSpec};
 use serde::Deserialize;
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 pub const ETC_DIR: &str = "/etc/guard/policies";
@@ -122,6 +128,8 @@ pub struct CheckEntry {
 pub struct Policy {
     pub name: String,
     pub source: String,
+    /// The canonical absolute path of the file read (None for a built-in policy).
+    pub path: Option<PathBuf>,
     pub description: String,
     pub lvs: Vec<String>,
     pub mounts: Vec<PathBuf>,
@@ -213,21 +221,50 @@ pub fn locate(spec: &str) -> Result<Source> {
 
 /// Reads, checks the ownership of, parses and validates a policy.
 pub fn load(spec: &str) -> Result<Policy> {
-    let source = locate(spec)?;
-    let (name, origin, text) = match &source {
+    match locate(spec)? {
         Source::File(p) => {
-            check_secure(p)?;
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| Error::io(format!("cannot read policy {}", p.display()), e))?;
             let name = p
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            (name, p.display().to_string(), text)
+            from_opened(&name, open_secure(&p)?)
         }
-        Source::Builtin(n, t) => (n.to_string(), source.describe(), t.to_string()),
-    };
-    parse(&name, &origin, &text)
+        Source::Builtin(n, t) => parse(n, &format!("built-in policy {n}"), t),
+    }
+}
+
+/// `load` for the policy a run record names (`guard rollback RUN`): the record keeps the
+/// canonical absolute path, so a relative one (written by an older guard) would be re-resolved
+/// from wherever the rollback happens to be started, and may name another file.
+pub fn load_recorded(spec: &str) -> Result<Policy> {
+    if is_path(spec) && !Path::new(spec).is_absolute() {
+        return Err(Error::refused(
+            format!("the run recorded its policy as the relative path {spec}, which could name another file from this folder"),
+            "run the policy's rollback hooks by hand if they are needed",
+        ));
+    }
+    load(spec)
+}
+
+impl Policy {
+    /// What the run record keeps to find this policy again: the canonical path of its file,
+    /// or the name of a built-in one.
+    pub fn recorded(&self) -> String {
+        match &self.path {
+            Some(p) => p.display().to_string(),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Reads a checked policy file from its descriptor and parses it.
+fn from_opened(name: &str, o: Opened) -> Result<Policy> {
+    let origin = o.path.display().to_string();
+    let path = o.path.clone();
+    let text = o.read_text()?;
+    let mut p = parse(name, &origin, &text)?;
+    p.path = Some(path);
+    Ok(p)
 }
 
 /// Parses and validates policy text; `origin` names it in errors.
@@ -328,21 +365,29 @@ fn argv(origin: &str, text: &str, what: &str, run: &[String]) -> Result<Vec<Stri
             "write it as an argument vector: run = [\"/usr/bin/systemctl\", \"stop\", \"app\"]",
         ));
     }
-    // Found now, not when a rollback is under way and the hook is needed.
-    crate::child::resolve_program(std::ffi::OsStr::new(&run[0])).map_err(|e| {
+    // Found now, not when a rollback is under way and the hook is needed; kept as the absolute
+    // path found, so the run execs exactly what `guard policy check` shows.
+    let program = crate::hooks::resolve_program(&run[0]).map_err(|e| {
+        let (problem, fix) = match e {
+            Error::Refused { problem, fix } => (problem, fix),
+            e => (e.to_string(), String::new()),
+        };
+        // "program "x" not found…" reads as "the … hook #1 program "x" cannot be run: not found…"
+        let shown = format!("program {:?} ", run[0]);
         key_error(
             origin,
             text,
             "run",
             format!(
-                "the {what} program {:?} cannot be run: {}",
-                run[0],
-                e.to_string().lines().next().unwrap_or("")
+                "the {what} {shown}cannot be run: {}",
+                problem.strip_prefix(&shown).unwrap_or(&problem)
             ),
-            "install it, or give its full path",
+            &fix,
         )
     })?;
-    Ok(run.to_vec())
+    let mut argv = run.to_vec();
+    argv[0] = program.display().to_string();
+    Ok(argv)
 }
 
 fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Policy> {
@@ -443,6 +488,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
     Ok(Policy {
         name: name.to_string(),
         source: origin.to_string(),
+        path: None,
         description: f.description.unwrap_or_default(),
         lvs: f.targets.lvs,
         mounts: f.targets.mounts,
@@ -462,15 +508,142 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
     })
 }
 
-/// Refuses a policy file that someone other than root could have written.
-pub fn check_secure(path: &Path) -> Result<()> {
+/// A policy file opened once, with the metadata of it and of every folder above it, each taken
+/// from the descriptor the walk went through (never a second lookup by name).
+#[derive(Debug)]
+pub struct Opened {
+    /// Canonical and absolute: what errors name and what the run record keeps.
+    pub path: PathBuf,
+    file: File,
+    /// `/` first, the file itself last.
+    chain: Vec<(PathBuf, Metadata)>,
+}
+
+impl Opened {
+    /// The text of the very file whose metadata was checked.
+    pub fn read_text(mut self) -> Result<String> {
+        let mut text = String::new();
+        self.file
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io(format!("cannot read policy {}", self.path.display()), e))?;
+        Ok(text)
+    }
+}
+
+/// Opens a policy file and refuses it unless root alone could have written it.
+///
+/// A symlink anywhere in `path` (the final component too) is resolved to its canonical target
+/// first, and that target, with every folder above it, is what is checked and read: a link
+/// from an admin's folder to a root-owned file elsewhere keeps working, and a link in a user's
+/// folder can only point at files root alone can write. What the link points at later does not
+/// matter: the open below follows no link, so a link swapped in after resolving is refused.
+pub fn open_secure(path: &Path) -> Result<Opened> {
     let full = std::fs::canonicalize(path)
         .map_err(|e| Error::io(format!("cannot resolve policy path {}", path.display()), e))?;
-    let mut cur = Some(full.as_path());
-    while let Some(p) = cur {
-        let m = std::fs::metadata(p)
-            .map_err(|e| Error::io(format!("cannot inspect {}", p.display()), e))?;
-        let what = if p == full { "policy file" } else { "folder" };
+    if full.to_str().is_none() {
+        // the run record keeps the path as text: it must come back as the same file
+        return Err(Error::refused(
+            format!("the policy path {} is not valid UTF-8", full.display()),
+            format!("move the policy to {ETC_DIR}"),
+        ));
+    }
+    let opened = open_canonical(&full)?;
+    check_chain(&opened)?;
+    Ok(opened)
+}
+
+fn sys_err(what: &str, p: &Path, e: nix::Error) -> Error {
+    Error::io(
+        format!("cannot open {what} {}", p.display()),
+        std::io::Error::from(e),
+    )
+}
+
+/// Walks `full` from `/`, one component at a time, opening each relative to the folder before it
+/// with O_NOFOLLOW: the folders whose metadata is kept are exactly the ones the file was reached
+/// through. `full` must already be canonical; a link met on the way is an error.
+fn open_canonical(full: &Path) -> Result<Opened> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::Mode;
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    // O_NONBLOCK|O_NOCTTY: a FIFO or terminal put there must not hang or capture guard before
+    // fstat shows it is not a regular file.
+    let file_flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY;
+    let names: Vec<&OsStr> = full
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    if !full.is_absolute() || names.is_empty() || names.len() + 1 != full.components().count() {
+        return Err(Error::Other(format!(
+            "policy path {} is not canonical",
+            full.display()
+        )));
+    }
+    let own = |fd| -> File {
+        // SAFETY: fd was just returned by open/openat and is owned by nobody else.
+        File::from(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let meta = |f: &File, p: &Path| {
+        f.metadata()
+            .map_err(|e| Error::io(format!("cannot inspect {}", p.display()), e))
+    };
+    let mut at = PathBuf::from("/");
+    // the last descriptor opened: a folder during the walk, the policy file at its end
+    let mut cur = own(open("/", dir_flags, Mode::empty()).map_err(|e| sys_err("folder", &at, e))?);
+    let mut chain = vec![(at.clone(), meta(&cur, &at)?)];
+    for (i, name) in names.iter().enumerate() {
+        at.push(name);
+        let last = i + 1 == names.len();
+        let fd = openat(
+            Some(std::os::fd::AsRawFd::as_raw_fd(&cur)),
+            *name,
+            if last { file_flags } else { dir_flags },
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            // O_NOFOLLOW: ELOOP for a link as the file; with O_DIRECTORY, ENOTDIR for a link
+            // (or a file) where a folder was when the path was resolved.
+            nix::Error::ELOOP | nix::Error::ENOTDIR => Error::refused(
+                format!(
+                    "{} changed into a symbolic link{} while guard opened the policy {}",
+                    at.display(),
+                    if last { "" } else { " or a file" },
+                    full.display()
+                ),
+                "check who changes it, and give the policy's real path",
+            ),
+            e => sys_err(if last { "policy file" } else { "folder" }, &at, e),
+        })?;
+        let f = own(fd);
+        chain.push((at.clone(), meta(&f, &at)?));
+        cur = f;
+    }
+    Ok(Opened {
+        path: full.to_path_buf(),
+        file: cur,
+        chain,
+    })
+}
+
+/// Refuses a policy file that someone other than root could have written: the file (checked
+/// first, so the message names the nearest problem) and then each folder up to `/`.
+fn check_chain(o: &Opened) -> Result<()> {
+    for (i, (p, m)) in o.chain.iter().enumerate().rev() {
+        let file = i + 1 == o.chain.len();
+        let what = if file { "policy file" } else { "folder" };
+        if file && !m.is_file() {
+            return Err(Error::refused(
+                format!("the policy {} is not a regular file", p.display()),
+                "give the path of a policy file (TOML)",
+            ));
+        }
         if m.uid() != 0 {
             return Err(Error::refused(
                 format!("the {what} {} is owned by uid {}, not root: a policy runs hooks as root, so anyone who can change it could run anything as root", p.display(), m.uid()),
@@ -483,7 +656,6 @@ pub fn check_secure(path: &Path) -> Result<()> {
                 format!("chmod go-w {} (or move the policy to {ETC_DIR})", p.display()),
             ));
         }
-        cur = p.parent();
     }
     Ok(())
 }
@@ -564,6 +736,18 @@ pub fn effective(p: &Policy, o: &crate::transaction::RunOptions) -> Effective {
     }
 }
 
+/// An argument vector on one line; its program is the absolute path the run will exec.
+fn joined(run: &serde_json::Value) -> String {
+    run.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 pub fn effective_text(e: &Effective) -> String {
     let d = |s: Option<f64>| match s {
         Some(s) => humantime::format_duration(Duration::from_secs_f64(s)).to_string(),
@@ -626,25 +810,19 @@ pub fn effective_text(e: &Effective) -> String {
             "  hook {:<13} {} ({})\n",
             h["when"].as_str().unwrap_or(""),
             h["name"].as_str().unwrap_or(""),
-            h["run"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" "))
-                .unwrap_or_default()
+            joined(&h["run"])
         );
     }
     for c in &e.checks {
         t += &format!(
-            "  check         {}{}\n",
+            "  check         {}{}: {}\n",
             c["name"].as_str().unwrap_or(""),
             if c["fail_on_output"].as_bool() == Some(true) {
                 " (fails on any output)"
             } else {
                 ""
-            }
+            },
+            joined(&c["run"])
         );
     }
     t
@@ -784,10 +962,93 @@ mod tests {
         let f = dir.path().join("p.toml");
         std::fs::write(&f, "description = \"x\"\n").unwrap();
         // the temporary folder sits in /tmp, which is world-writable (sticky): refused
-        let e = check_secure(&f).unwrap_err().to_string();
+        let e = open_secure(&f).unwrap_err().to_string();
         assert!(e.contains("writable by group or others"), "{e}");
+        assert!(e.contains("chmod go-w /tmp"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let e = check_secure(&f).unwrap_err().to_string();
+        let e = open_secure(&f).unwrap_err().to_string();
         assert!(e.contains("policy file"), "{e}");
+    }
+
+    #[test]
+    fn the_text_read_is_the_text_of_the_file_whose_metadata_was_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap().join("p.toml");
+        std::fs::write(&real, "description = \"checked\"\n").unwrap();
+        let o = open_canonical(&real).unwrap();
+        // the walk kept `/`, every folder and the file, in order, from its own descriptors
+        let walked: Vec<&Path> = o.chain.iter().map(|(p, _)| p.as_path()).collect();
+        let mut ancestors: Vec<&Path> = real.ancestors().collect();
+        ancestors.reverse();
+        assert_eq!(walked, ancestors);
+        let checked = o.chain.last().unwrap().1.ino();
+        assert_eq!(checked, std::fs::metadata(&real).unwrap().ino());
+        // Swapped after the check: the path now names another file, with a hook in it.
+        let other = real.with_file_name("other.toml");
+        std::fs::write(
+            &other,
+            "description = \"swapped\"\n[[hook]]\nwhen = \"pre_snapshot\"\nrun = [\"/bin/true\"]\n",
+        )
+        .unwrap();
+        std::fs::rename(&other, &real).unwrap();
+        assert_ne!(std::fs::metadata(&real).unwrap().ino(), checked);
+        let p = from_opened("p", o).unwrap();
+        assert_eq!(p.description, "checked");
+        assert!(p.hooks.is_empty());
+        assert_eq!(p.path.as_deref(), Some(real.as_path()));
+    }
+
+    #[test]
+    fn a_symlinked_policy_is_resolved_before_the_open_and_no_link_is_followed_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        // Resolved first: the target and its folders are what is checked and read, not the
+        // (world-writable) folder the link sits in.
+        let link = base.join("link.toml");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        let o = open_secure(&link).unwrap();
+        assert_eq!(o.path, Path::new("/etc/passwd"));
+        assert_eq!(
+            o.read_text().unwrap(),
+            std::fs::read_to_string("/etc/passwd").unwrap()
+        );
+        // A link met by the open itself (swapped in after resolving) is refused, whether it is
+        // the file or a folder on the way.
+        std::fs::write(base.join("real.toml"), "").unwrap();
+        std::os::unix::fs::symlink(base.join("real.toml"), base.join("swapped.toml")).unwrap();
+        let e = open_canonical(&base.join("swapped.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::fs::create_dir(base.join("d")).unwrap();
+        std::fs::write(base.join("d/p.toml"), "").unwrap();
+        std::os::unix::fs::symlink(base.join("d"), base.join("l")).unwrap();
+        let e = open_canonical(&base.join("l/p.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn the_recorded_policy_path_is_absolute() {
+        // a relative path, from wherever the tests run, to a root-owned file
+        let rel = format!("{}etc/passwd", "../".repeat(40));
+        let o = open_secure(Path::new(&rel)).unwrap();
+        assert!(o.path.is_absolute(), "{}", o.path.display());
+        assert_eq!(o.path, Path::new("/etc/passwd"));
+        let p = Policy {
+            name: "p".into(),
+            path: Some(o.path.clone()),
+            ..Default::default()
+        };
+        assert_eq!(p.recorded(), "/etc/passwd");
+        let builtin = Policy {
+            name: "apt".into(),
+            ..Default::default()
+        };
+        assert_eq!(builtin.recorded(), "apt");
+        // a relative path in an old record is not re-resolved from the current folder
+        let e = load_recorded("./p.toml").unwrap_err().to_string();
+        assert!(e.contains("relative path ./p.toml"), "{e}");
     }
 }

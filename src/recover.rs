@@ -4,6 +4,7 @@
 use crate::error::Result;
 use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
 use crate::lvm::{self, Lv, Lvm, MERGE_TAG_PREFIX};
+use crate::model::TargetState;
 use crate::rollback;
 use crate::transaction;
 use crate::ui;
@@ -58,7 +59,7 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             cow_bytes: (!s.is_thin()).then_some(s.size),
             mountpoints: vec![],
             max_used_percent: None,
-            rollback: s.merging.then(|| "scheduled".to_string()),
+            rollback: s.merging.then_some(TargetState::Scheduled),
             note: None,
             extensions: 0,
             invalidated: s.invalid,
@@ -110,18 +111,39 @@ pub fn load_run(lvm: &dyn Lvm, journal: &Journal, run: &str) -> Result<RunRecord
 
 pub fn recover(lvm: &dyn Lvm, journal: &Journal, expire: bool) -> Result<Summary> {
     let mut sum = Summary::default();
+    journal.catch_up();
     let (runs, problems) = journal.list();
     for p in problems {
         sum.failed(p);
     }
     let mut known: BTreeSet<String> = BTreeSet::new();
-    for mut rec in runs {
+    let lvs_now = lvm.lvs()?;
+    for rec in runs {
         known.insert(rec.id.clone());
         if rec.phase == Phase::Done {
             continue;
         }
-        if let Err(e) = recover_run(lvm, journal, &mut rec, expire, &mut sum) {
-            sum.failed(format!("run {}: {e}", rec.id));
+        // under the run's lock, on the record as it is now: a `guard commit` or `guard
+        // rollback` (or the guarded run itself) working on it is left to finish
+        let mut held = match crate::ops::try_hold(lvm, journal, &rec.id, &lvs_now) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                sum.saw(format!(
+                    "run {}: in use by another guard command, left alone",
+                    rec.id
+                ));
+                continue;
+            }
+            Err(e) => {
+                sum.failed(format!("run {}: {e}", rec.id));
+                continue;
+            }
+        };
+        if held.rec.phase == Phase::Done {
+            continue;
+        }
+        if let Err(e) = recover_run(lvm, journal, &mut held.rec, expire, &mut sum) {
+            sum.failed(format!("run {}: {e}", held.rec.id));
         }
     }
     // What the tags say that the journal does not.
@@ -199,7 +221,18 @@ fn recover_run(
         }
         journal.write(rec)?;
     }
+    // The timer ends keep windows and nothing else: a run whose guard died with its outcome
+    // unknown (or whose decision is still being carried out) is for the operator or the boot
+    // to resolve, never for a timer that may roll back / five minutes after a success.
+    if expire && rec.phase != Phase::Kept {
+        sum.saw(format!(
+            "run {id}: {:?} and its guard is gone; left for `guard recover` (the expiry timer only ends keep windows)",
+            rec.phase
+        ));
+        return Ok(());
+    }
     let lvs = lvm.lvs()?;
+    rollback::verify_targets(&lvs, rec)?;
     let merge_tagged = rec.targets.iter().any(|t| {
         lvm::find(&lvs, &t.vg, &t.lv)
             .map(|o| o.merge_tag_runs().any(|r| r == id))
@@ -217,7 +250,7 @@ fn recover_run(
         rec.outcome.get_or_insert(Outcome::Failure);
         rec.final_state = Some(Final::RolledBack);
         for t in rec.targets.iter_mut() {
-            t.rollback = Some("scheduled".into());
+            t.rollback = Some(TargetState::Scheduled);
         }
     }
     match rec.phase {
@@ -253,7 +286,7 @@ fn recover_run(
         }
         Phase::Decided => apply(lvm, journal, rec, sum)?,
         Phase::RollingBack => {
-            rollback::rollback_run(lvm, journal, rec)?;
+            rollback::rollback_with_hooks(lvm, journal, rec)?;
             sum.did(format!("run {id}: rollback resumed"));
             report_scheduled(rec, sum);
         }
@@ -302,7 +335,7 @@ fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summar
             "run {id}: the command had succeeded; snapshots removed"
         ));
     } else {
-        rollback::rollback_run(lvm, journal, rec)?;
+        rollback::rollback_with_hooks(lvm, journal, rec)?;
         sum.did(format!(
             "run {id}: rolled back ({})",
             rec.reason.as_deref().unwrap_or("failure")
@@ -316,7 +349,7 @@ fn report_scheduled(rec: &RunRecord, sum: &mut Summary) {
     for t in rec
         .targets
         .iter()
-        .filter(|t| t.rollback.as_deref() == Some("scheduled"))
+        .filter(|t| t.rollback == Some(TargetState::Scheduled))
     {
         sum.saw(format!(
             "{}/{}: rollback completes {}",
@@ -341,11 +374,11 @@ fn finish_scheduled(
     for t in rec
         .targets
         .iter_mut()
-        .filter(|t| t.rollback.as_deref() == Some("scheduled"))
+        .filter(|t| t.rollback == Some(TargetState::Scheduled))
     {
         let name = format!("{}/{}", t.vg, t.lv);
         let Some(origin) = lvm::find(lvs, &t.vg, &t.lv) else {
-            t.rollback = Some("impossible".into());
+            t.rollback = Some(TargetState::Impossible);
             t.note = Some("the origin LV no longer exists".into());
             sum.failed(format!("{name}: origin is gone"));
             continue;
@@ -371,20 +404,41 @@ fn finish_scheduled(
         if origin.tags.contains(&tag) {
             lvm.del_tag(&t.vg, &t.lv, &tag)?;
         }
-        t.rollback = Some("done".into());
+        // "completed" only when the merge had a valid snapshot to merge
+        if let Some(why) = rollback::merge_ended_badly(lvs, t) {
+            t.rollback = Some(TargetState::Impossible);
+            sum.failed(format!("{name}: {why}"));
+            t.note = Some(why);
+            continue;
+        }
+        t.rollback = Some(TargetState::Done);
         t.note = None;
         sum.did(format!("{name}: rollback of run {id} completed"));
     }
     if rec
         .targets
         .iter()
-        .all(|t| t.rollback.as_deref() != Some("scheduled"))
+        .all(|t| t.rollback != Some(TargetState::Scheduled))
     {
         rec.phase = Phase::Done;
-        // A rolled-back / brings back the copies saved before its snapshot; they were
-        // restored when the rollback was decided.
-        crate::saved::discard(&id);
-        rec.saved.clear();
+        // The copies saved outside LVM (/boot) were put back when the rollback was decided,
+        // and `saved` emptied then. A copy still listed was never restored: try now, and
+        // never discard it unrestored.
+        if !rec.saved.is_empty() {
+            let results = crate::saved::restore_all(&id, &rec.saved);
+            for r in &results {
+                match r {
+                    Ok(s) => sum.did(s.clone()),
+                    Err(s) => sum.failed(s.clone()),
+                }
+            }
+            if results.iter().all(|r| r.is_ok()) {
+                rec.saved.clear();
+            }
+        }
+        if rec.saved.is_empty() {
+            crate::saved::discard(&id);
+        }
     }
     journal.write(rec)
 }
@@ -408,13 +462,18 @@ mod tests {
     #[test]
     fn recover_twice_changes_nothing_the_second_time() {
         let d = tempfile::tempdir().unwrap();
+        // recover takes each run's lock: in a folder of this test's own (never removed while
+        // another test may read the variable)
+        let locks = std::env::temp_dir().join("guard-unit-locks");
+        std::env::set_var("GUARD_LOCK_DIR", &locks);
         let j = Journal::at(d.path());
         let sim = SimLvm::new("vg", 100, vec![lv("vg", "data", 100)]);
-        let mut snap = lv("vg", "data-guard-R", 8);
+        let id = "20261127-101010-abcd";
+        let mut snap = lv("vg", &format!("data-guard-{id}"), 8);
         snap.origin = Some("data".into());
-        snap.tags = vec!["guard".into(), "guard-run:R".into()];
+        snap.tags = vec!["guard".into(), format!("guard-run:{id}")];
         sim.state.borrow_mut().lvs.push(snap);
-        let mut rec = record_from_tags(&sim.lvs().unwrap(), "R").unwrap();
+        let mut rec = record_from_tags(&sim.lvs().unwrap(), id).unwrap();
         rec.phase = Phase::Snapshotting;
         j.write(&mut rec).unwrap();
         let first = recover(&sim, &j, false).unwrap();

@@ -14,7 +14,7 @@ pub struct TargetReport {
     pub cow_bytes: Option<u64>,
     pub mountpoints: Vec<String>,
     pub max_used_percent: Option<f64>,
-    /// none | done | scheduled | impossible
+    /// none | done | scheduled | failed | impossible
     pub rollback: String,
     pub completes_by: Option<String>,
     pub note: Option<String>,
@@ -32,7 +32,8 @@ pub struct Report {
     pub reason: Option<String>,
     /// Set when the command exited 0 but a health check failed (guard exits 123).
     pub failed_check: Option<String>,
-    /// committed | rolled-back | rollback-scheduled | kept | nothing
+    /// committed | rolled-back | rollback-scheduled | partial | kept | nothing
+    /// (partial: some target was not rolled back; `targets[].rollback` says which)
     pub action: String,
     pub duration_seconds: Option<f64>,
     pub targets: Vec<TargetReport>,
@@ -42,13 +43,10 @@ pub struct Report {
 
 impl Report {
     pub fn from_record(rec: &RunRecord, duration: Option<f64>, todo: Vec<String>) -> Self {
-        let scheduled = rec
-            .targets
-            .iter()
-            .any(|t| t.rollback.as_deref() == Some("scheduled"));
         let action = match rec.final_state {
-            Some(Final::RolledBack) if scheduled => "rollback-scheduled",
-            Some(Final::RolledBack) => "rolled-back",
+            Some(Final::RolledBack) => {
+                crate::model::SetRollback::of(rec.targets.iter().map(|t| t.rollback)).action()
+            }
             Some(Final::Committed) => "committed",
             Some(Final::Kept) => "kept",
             Some(Final::Nothing) | None => "nothing",
@@ -77,11 +75,11 @@ impl Report {
                         .map(|m| m.display().to_string())
                         .collect(),
                     max_used_percent: t.max_used_percent,
-                    rollback: t.rollback.clone().unwrap_or_else(|| "none".into()),
+                    rollback: t.rollback.map_or("none", |s| s.as_str()).into(),
                     completes_by: t
                         .note
                         .clone()
-                        .filter(|_| t.rollback.as_deref() == Some("scheduled")),
+                        .filter(|_| t.rollback == Some(crate::model::TargetState::Scheduled)),
                     note: t.note.clone(),
                     extensions: t.extensions,
                     invalidated: t.invalidated,
@@ -112,6 +110,7 @@ impl Report {
             "committed" => "snapshots removed, the change is kept",
             "rolled-back" => "rolled back",
             "rollback-scheduled" => "rollback scheduled",
+            "partial" => "ROLLBACK INCOMPLETE, see below",
             "kept" => "snapshots kept",
             _ => "nothing changed",
         };
@@ -137,6 +136,10 @@ impl Report {
                 ),
                 "impossible" => format!(
                     "CANNOT BE ROLLED BACK: {}",
+                    t.note.as_deref().unwrap_or("?")
+                ),
+                "failed" => format!(
+                    "MERGE FAILED, snapshot kept: {}",
                     t.note.as_deref().unwrap_or("?")
                 ),
                 _ => match self.action.as_str() {

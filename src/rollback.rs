@@ -6,9 +6,86 @@ use crate::error::{Error, Result};
 use crate::exec::{system_command, CommandExt};
 use crate::journal::{Final, Journal, Phase, RunRecord, TargetRecord};
 use crate::lvm::{self, Lvm, MergeState, MERGE_TAG_PREFIX};
+use crate::model::{SetRollback, TargetState};
 use crate::mounts;
 use crate::ui;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The kernel's word on a thick snapshot: invalidated (its COW space filled)?
+fn kernel_says_invalid(vg: &str, snapshot: &str) -> bool {
+    let Ok(ctl) = crate::dm::Control::open() else {
+        return false;
+    };
+    let Ok(targets) = ctl.status(&crate::dm::dm_name(vg, snapshot)) else {
+        return false;
+    };
+    targets.first().is_some_and(|t| {
+        matches!(
+            crate::dm::parse_snapshot(&t.params),
+            crate::dm::SnapshotUse::Invalid
+        )
+    })
+}
+
+/// Before acting on a record: every snapshot it names that still exists must be guard's
+/// snapshot of this very run, of the recorded origin. A record is only a file; merging or
+/// removing the wrong LV cannot be undone.
+pub fn verify_targets(lvs: &[lvm::Lv], rec: &RunRecord) -> Result<()> {
+    for t in &rec.targets {
+        let Some(s) = lvm::find(lvs, &t.vg, &t.snapshot) else {
+            continue;
+        };
+        if s.is_guard_snapshot()
+            && s.run_id() == Some(rec.id.as_str())
+            && s.origin.as_deref() == Some(t.lv.as_str())
+        {
+            continue;
+        }
+        return Err(Error::refused(
+            format!(
+                "{} is not guard's snapshot of {}/{} for run {} (origin {}, tags {}): refusing to touch it",
+                s.full_name(),
+                t.vg,
+                t.lv,
+                rec.id,
+                s.origin.as_deref().unwrap_or("none"),
+                if s.tags.is_empty() { "none".to_string() } else { s.tags.join(",") }
+            ),
+            "the run's record does not match LVM; see `lvs -o+origin,lv_tags`. guard only merges or removes LVs it tagged for the run",
+        ));
+    }
+    Ok(())
+}
+
+/// The rollback hooks of the run's policy (kept in the journal): every rollback, whether the
+/// live run's, `guard rollback RUN`'s or recover's, stops and starts what the policy says.
+pub fn policy_hooks(rec: &RunRecord) -> Vec<crate::hooks::HookSpec> {
+    match rec.policy.as_deref().map(crate::policy::load_recorded) {
+        Some(Ok(p)) => p.hooks,
+        Some(Err(e)) => {
+            ui::warn(&format!(
+                "the run's policy cannot be read, its rollback hooks are skipped: {e}"
+            ));
+            vec![]
+        }
+        None => vec![],
+    }
+}
+
+/// Rolls the run back with its policy's pre_rollback and post_rollback hooks around the merge.
+pub fn rollback_with_hooks(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+) -> Result<Vec<String>> {
+    use crate::hooks::{run_point_reporting, HookEnv, HookPoint};
+    let hooks = policy_hooks(rec);
+    let env = HookEnv::for_record(rec);
+    run_point_reporting(&hooks, HookPoint::PreRollback, &env);
+    let todo = rollback_run(lvm, journal, rec)?;
+    run_point_reporting(&hooks, HookPoint::PostRollback, &env);
+    Ok(todo)
+}
 
 /// What completes a deferred merge of this target, in words for the operator.
 pub fn completes_by(t: &TargetRecord, run: &str) -> String {
@@ -85,15 +162,22 @@ pub fn rollback_with(
                 merging: s.merging,
             }),
         };
+        // The view may be older than the last writes (the watcher's last tick, before a thaw
+        // flushed what was dirty): ask the kernel once more. Merging an invalid snapshot
+        // would start a merge that can never end.
+        let view = view.map(|mut v| {
+            v.invalid |= !t.thin && kernel_says_invalid(&t.vg, &t.snapshot);
+            v
+        });
         match view {
-            None if origin_tagged || t.rollback.as_deref() == Some("scheduled") => {
-                t.rollback = Some("scheduled".into());
+            None if origin_tagged || t.rollback == Some(TargetState::Scheduled) => {
+                t.rollback = Some(TargetState::Scheduled);
             }
-            None if t.rollback.as_deref() == Some("done") || resuming => {
-                t.rollback = Some("done".into());
+            None if t.rollback == Some(TargetState::Done) || resuming => {
+                t.rollback = Some(TargetState::Done);
             }
             None => {
-                t.rollback = Some("impossible".into());
+                t.rollback = Some(TargetState::Impossible);
                 t.note = Some(format!(
                     "its snapshot {}/{} no longer exists",
                     t.vg, t.snapshot
@@ -103,7 +187,7 @@ pub fn rollback_with(
                 ));
             }
             Some(s) if s.invalid => {
-                t.rollback = Some("impossible".into());
+                t.rollback = Some(TargetState::Impossible);
                 t.note = Some(format!(
                     "snapshot {}/{} was invalidated (its COW space filled), the rollback point is lost",
                     t.vg, t.snapshot
@@ -116,12 +200,13 @@ pub fn rollback_with(
                 }
             }
             Some(s) if s.merging => {
-                t.rollback = Some("scheduled".into());
+                t.rollback = Some(TargetState::Scheduled);
                 t.note = Some(completes_by(t, &id));
             }
             Some(_) => match lvm.merge(&t.vg, &t.snapshot) {
                 Ok(MergeState::Done) => {
-                    t.rollback = Some("done".into());
+                    t.rollback = Some(TargetState::Done);
+                    t.note = None;
                     ui::event(
                         crate::log::Kind::RollbackCompleted,
                         &format!("{name}: rolled back"),
@@ -129,7 +214,7 @@ pub fn rollback_with(
                     );
                 }
                 Ok(MergeState::Deferred) => {
-                    t.rollback = Some("scheduled".into());
+                    t.rollback = Some(TargetState::Scheduled);
                     t.note = Some(completes_by(t, &id));
                     if let Err(e) = lvm.add_tag(&t.vg, &t.lv, &format!("{MERGE_TAG_PREFIX}{id}")) {
                         ui::warn(&format!("cannot tag {name} with its pending merge: {e}"));
@@ -144,37 +229,38 @@ pub fn rollback_with(
                     );
                 }
                 Err(e) => {
-                    t.rollback = Some("failed".into());
+                    // The snapshot is still there: the rollback point is kept and the run stays
+                    // in RollingBack, so `guard rollback RUN` (or recover) tries again.
+                    ui::error(&format!("{name}: the merge failed: {e}"));
+                    t.rollback = Some(TargetState::Failed);
                     t.note = Some(e.to_string());
                     errors.push(format!("{name}: {e}"));
                 }
             },
         }
-        match t.rollback.as_deref() {
-            Some("scheduled") => todo.push(format!(
+        match t.rollback {
+            Some(TargetState::Scheduled) => todo.push(format!(
                 "{name}: rollback completes {}",
                 completes_by(t, &id)
             )),
-            Some("failed") => todo.push(format!(
-                "{name}: merge failed; retry with `guard rollback {id}`"
+            Some(TargetState::Failed) => todo.push(format!(
+                "{name}: merge failed, its snapshot is kept; fix the cause, then `guard rollback {id}` retries it"
             )),
             _ => {}
         }
     }
     rec.final_state = Some(Final::RolledBack);
-    rec.phase = if rec
-        .targets
-        .iter()
-        .any(|t| matches!(t.rollback.as_deref(), Some("scheduled" | "failed")))
-    {
-        Phase::RollbackScheduled
-    } else {
-        Phase::Done
+    let set = SetRollback::of(rec.targets.iter().map(|t| t.rollback));
+    rec.phase = match set {
+        SetRollback::Retry => Phase::RollingBack,
+        SetRollback::Scheduled => Phase::RollbackScheduled,
+        SetRollback::Complete | SetRollback::Partial => Phase::Done,
     };
     journal.write(rec)?;
     // Paths outside LVM (/boot) go back now, even when / completes at the next boot: that boot
-    // must find the old kernel and initramfs next to the old /lib/modules.
-    if errors.is_empty() && !rec.saved.is_empty() {
+    // must find the old kernel and initramfs next to the old /lib/modules. Not while a merge
+    // failed: half a rollback with /boot put back would pair old kernels with new modules.
+    if set != SetRollback::Retry && !rec.saved.is_empty() {
         let results = crate::saved::restore_all(&id, &rec.saved);
         for r in &results {
             match r {
@@ -194,7 +280,7 @@ pub fn rollback_with(
         Ok(todo)
     } else {
         Err(Error::Other(format!(
-            "rollback incomplete: {}",
+            "rollback incomplete: {}; the snapshots are kept: fix the cause, then `guard rollback {id}` retries",
             errors.join("; ")
         )))
     }
@@ -217,12 +303,31 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
         };
         let tag = format!("{MERGE_TAG_PREFIX}{id}");
         if !origin.merging {
+            if t.rollback != Some(TargetState::Scheduled) {
+                continue;
+            }
+            // The merge ended at an activation; it counts only if the snapshot did not die first.
+            if let Some(why) = merge_ended_badly(&lvs, t) {
+                t.rollback = Some(TargetState::Impossible);
+                t.note = Some(why);
+                continue;
+            }
             if origin.tags.contains(&tag) {
                 lvm.del_tag(&t.vg, &t.lv, &tag)?;
             }
-            if t.rollback.as_deref() == Some("scheduled") {
-                t.rollback = Some("done".into());
-            }
+            t.rollback = Some(TargetState::Done);
+            continue;
+        }
+        // an invalidated snapshot cannot be merged: unmounting and reactivating would only
+        // start a merge that never ends
+        if !t.thin && kernel_says_invalid(&t.vg, &t.snapshot) {
+            let why = format!(
+                "snapshot {}/{} was invalidated before its merge could complete: the rollback point is lost (remove it with `lvremove -f {}/{}`)",
+                t.vg, t.snapshot, t.vg, t.snapshot
+            );
+            ui::error(&format!("{name}: {why}"));
+            t.rollback = Some(TargetState::Impossible);
+            t.note = Some(why);
             continue;
         }
         let mounted = origin
@@ -239,8 +344,8 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
         for m in &mounted {
             let mp = m.mountpoint.to_string_lossy().into_owned();
             if let Err(e) = run_prog("umount", &[&mp]) {
-                for back in unmounted.iter().rev() {
-                    remount(origin, back).ok();
+                for e in remount_all(origin, &unmounted) {
+                    ui::warn(&e);
                 }
                 return Err(Error::refused(
                     format!("cannot unmount {mp} to finish the rollback of {name}: {e}"),
@@ -253,17 +358,12 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
         let merged = lvm
             .reactivate(&t.vg, &t.lv)
             .and_then(|_| lvm.finish_merge(&t.vg, &t.lv));
-        for m in unmounted.iter().rev() {
-            if let Err(e) = remount(origin, m) {
-                ui::warn(&format!(
-                    "cannot mount {} again: {e}",
-                    m.mountpoint.display()
-                ));
-            }
+        for e in remount_all(origin, &unmounted) {
+            ui::warn(&e);
         }
         merged?;
         lvm.del_tag(&t.vg, &t.lv, &tag)?;
-        t.rollback = Some("done".into());
+        t.rollback = Some(TargetState::Done);
         t.note = None;
         ui::event(
             crate::log::Kind::RollbackCompleted,
@@ -274,15 +374,114 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
     if rec
         .targets
         .iter()
-        .all(|t| t.rollback.as_deref() != Some("scheduled"))
+        .all(|t| t.rollback != Some(TargetState::Scheduled))
     {
         rec.phase = Phase::Done;
     }
     journal.write(rec)
 }
 
-fn remount(origin: &lvm::Lv, m: &mounts::Mount) -> Result<()> {
+/// A deferred merge that is no longer running: did it end with the data merged? A snapshot
+/// still present and invalid means the kernel dropped it before (or instead of) merging.
+pub fn merge_ended_badly(lvs: &[lvm::Lv], t: &TargetRecord) -> Option<String> {
+    // The background watcher records an invalidation it saw while the merge waited; lvm may
+    // have removed the dead snapshot at activation since.
+    if t.invalidated {
+        return Some(format!(
+            "snapshot {}/{} was invalidated while its merge waited for the next activation: the rollback point is lost",
+            t.vg, t.snapshot
+        ));
+    }
+    lvm::find(lvs, &t.vg, &t.snapshot)
+        .filter(|s| s.invalid)
+        .map(|_| {
+            format!(
+                "snapshot {}/{} was invalidated before its merge completed: the rollback point is lost",
+                t.vg, t.snapshot
+            )
+        })
+}
+
+/// Mounts a volume again everywhere it was (`unmounted` is deepest first, as unmounted): the
+/// whole filesystem with its per-mount and superblock options, and each bind mount as a bind
+/// of the same subfolder with its own flags. Returns what could not be done.
+pub fn remount_all(origin: &lvm::Lv, unmounted: &[mounts::Mount]) -> Vec<String> {
     let dev = format!("/dev/{}/{}", origin.vg, origin.name);
-    let mp = m.mountpoint.to_string_lossy().into_owned();
-    run_prog("mount", &["-t", &m.fstype, "-o", &m.options, &dev, &mp])
+    let mut errors = Vec::new();
+    let mut order: Vec<&mounts::Mount> = unmounted.iter().rev().collect();
+    // the whole filesystem first: the bind mounts are taken from it
+    order.sort_by_key(|m| m.root != Path::new("/"));
+    let mut whole: Option<PathBuf> = None;
+    let mut scratch: Option<PathBuf> = None;
+    for m in order {
+        let mp = m.mountpoint.to_string_lossy().into_owned();
+        if whole.is_none() {
+            // only subfolders were mounted: mount the filesystem at a private folder to bind from
+            let target = if m.root == Path::new("/") {
+                m.mountpoint.clone()
+            } else {
+                // a fresh private folder (random name, 0700), never a guessable path in /tmp
+                match tempfile::Builder::new().prefix("guard-remount-").tempdir() {
+                    Ok(d) => {
+                        let p = d.keep();
+                        scratch = Some(p.clone());
+                        p
+                    }
+                    Err(e) => {
+                        errors.push(format!("cannot make a folder to mount {dev} at: {e}"));
+                        break;
+                    }
+                }
+            };
+            let t = target.to_string_lossy().into_owned();
+            let full = mount_options(m);
+            let r = run_prog("mount", &["-t", &m.fstype, "-o", &full, &dev, &t]).or_else(|_| {
+                // a superblock option mount(8) does not take back must not leave it unmounted
+                run_prog("mount", &["-t", &m.fstype, "-o", &m.options, &dev, &t])
+            });
+            match r {
+                Ok(()) => whole = Some(target),
+                Err(e) => {
+                    errors.push(format!("cannot mount {dev} at {t} again: {e}"));
+                    break;
+                }
+            }
+            if m.root == Path::new("/") {
+                continue;
+            }
+        }
+        let base = whole.clone().expect("mounted above");
+        let src = base.join(m.root.strip_prefix("/").unwrap_or(&m.root));
+        let src = src.to_string_lossy().into_owned();
+        let r = run_prog("mount", &["--bind", &src, &mp]).and_then(|()| {
+            // a bind mount takes its flags (ro, nosuid, …) only through a remount
+            run_prog(
+                "mount",
+                &["-o", &format!("remount,bind,{}", m.options), &mp],
+            )
+        });
+        if let Err(e) = r {
+            errors.push(format!("cannot bind {src} at {mp} again: {e}"));
+        }
+    }
+    if let Some(d) = scratch {
+        let s = d.to_string_lossy().into_owned();
+        if whole.as_deref() == Some(d.as_path()) {
+            let _ = run_prog("umount", &[&s]);
+        }
+        let _ = std::fs::remove_dir(&d);
+    }
+    errors
+}
+
+/// The per-mount flags plus the superblock's options (errors=, data=, quota…), which a plain
+/// `mount -o <per-mount flags>` would lose. rw/ro come from the per-mount flags.
+fn mount_options(m: &mounts::Mount) -> String {
+    let mut opts: Vec<&str> = m.options.split(',').filter(|o| !o.is_empty()).collect();
+    for o in m.super_options.split(',') {
+        if !o.is_empty() && o != "rw" && o != "ro" && !opts.contains(&o) {
+            opts.push(o);
+        }
+    }
+    opts.join(",")
 }

@@ -6,8 +6,11 @@
 //! confirmed).
 //!
 //! The archive is written under /var/lib/guard/saved/RUN before the snapshots are taken: when
-//! the filesystem holding it is itself rolled back, the archive is still there.
+//! the filesystem holding it is itself rolled back, the archive is still there. An initramfs
+//! may hold a disk-unlock key: the folders are made 0700 and checked before the archive is
+//! written (store.rs), and the archive is made 0600.
 use crate::error::{Error, Result};
+use crate::store::{Open, SecureDir};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,17 +27,22 @@ fn run_dir(run: &str) -> PathBuf {
 
 /// Archives each path (with ownership, modes, xattrs; one filesystem only).
 pub fn save(run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
-    let dir = run_dir(run);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    save_in(&crate::store::state_subdir("saved")?, run, paths)
+}
+
+fn save_in(saved: &SecureDir, run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
+    if !crate::journal::valid_run_id(run) {
+        return Err(Error::Other(format!("invalid run id {run:?}")));
+    }
+    let dir = saved.subdir(run)?;
     let mut out = Vec::new();
     for p in paths {
         let name = p.to_string_lossy().trim_matches('/').replace('/', "_");
-        let archive = dir.join(format!(
-            "{}.tar",
-            if name.is_empty() { "root" } else { &name }
-        ));
-        write_archive(p, &archive).map_err(|e| {
+        let name = format!("{}.tar", if name.is_empty() { "root" } else { &name });
+        let archive = dir.join(&name);
+        // O_EXCL: two paths that map to one name must not share (and overwrite) one archive
+        let file = dir.open(&name, Open::CreateNew)?;
+        write_archive(p, file).map_err(|e| {
             Error::io(
                 format!("cannot archive {} to {}", p.display(), archive.display()),
                 e,
@@ -52,9 +60,9 @@ pub fn save(run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
 
 /// Archives one directory tree (modes, owners, times, symlinks as links), staying on its
 /// filesystem: a mount below it (/boot/efi) is neither saved nor cleared.
-fn write_archive(root: &Path, archive: &Path) -> std::io::Result<()> {
+fn write_archive(root: &Path, archive: std::fs::File) -> std::io::Result<()> {
     let dev = std::fs::metadata(root)?.dev();
-    let mut b = tar::Builder::new(std::fs::File::create(archive)?);
+    let mut b = tar::Builder::new(archive);
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     let mut stack = vec![PathBuf::new()];
@@ -119,6 +127,10 @@ pub fn restore(s: &SavedPath) -> Result<()> {
 
 /// Drops a run's saved copies (the run was committed or aborted).
 pub fn discard(run: &str) {
+    // the id names the folder removed: never a path
+    if !crate::journal::valid_run_id(run) {
+        return;
+    }
     let _ = std::fs::remove_dir_all(run_dir(run));
 }
 
@@ -147,19 +159,26 @@ pub fn restore_all(run: &str, saved: &[SavedPath]) -> Vec<std::result::Result<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const R: &str = "20261127-101010-0123456789abcdef";
+
+    /// GUARD_STATE_DIR is the process's: one test at a time sets it.
+    static STATE_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
     #[test]
     fn save_then_restore_brings_back_the_tree_and_drops_new_files() {
+        let _env = STATE_ENV.lock().unwrap_or_else(|e| e.into_inner());
         let state = tempfile::tempdir().unwrap();
         std::env::set_var("GUARD_STATE_DIR", state.path());
         let boot = tempfile::tempdir().unwrap();
         std::fs::write(boot.path().join("vmlinuz-1"), "old kernel").unwrap();
         std::fs::create_dir(boot.path().join("grub")).unwrap();
         std::fs::write(boot.path().join("grub/grub.cfg"), "menu 1").unwrap();
-        let saved = save("R", &[boot.path().to_path_buf()]).unwrap();
+        let saved = save(R, &[boot.path().to_path_buf()]).unwrap();
         std::fs::write(boot.path().join("vmlinuz-2"), "new kernel").unwrap();
         std::fs::write(boot.path().join("grub/grub.cfg"), "menu 2").unwrap();
-        let res = restore_all("R", &saved);
+        let res = restore_all(R, &saved);
         assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
         assert!(!boot.path().join("vmlinuz-2").exists());
         assert_eq!(
@@ -167,8 +186,29 @@ mod tests {
             "menu 1"
         );
         assert!(
-            !state.path().join("saved/R").exists(),
+            !state.path().join("saved").join(R).exists(),
             "copies dropped once restored"
         );
+    }
+
+    #[test]
+    fn the_state_folder_is_0700_before_a_saved_copy_is_written() {
+        let _env = STATE_ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let top = tempfile::tempdir().unwrap();
+        let state = top.path().join("state");
+        // an older guard (or umask 022) left the state folder readable by all
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::env::set_var("GUARD_STATE_DIR", &state);
+        let boot = tempfile::tempdir().unwrap();
+        std::fs::write(boot.path().join("initrd.img"), "unlock key").unwrap();
+        let saved = save(R, &[boot.path().to_path_buf()]).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("saved")), 0o700);
+        assert_eq!(mode(&state.join("saved").join(R)), 0o700);
+        assert_eq!(mode(&saved[0].archive), 0o600);
+        assert!(save("../../tmp/x", &[boot.path().to_path_buf()]).is_err());
+        discard(R);
     }
 }

@@ -18,7 +18,7 @@ pub struct SnapshotStatus {
     pub used_percent: Option<f64>,
     pub merging: bool,
     pub invalid: bool,
-    pub rollback: Option<String>,
+    pub rollback: Option<crate::model::TargetState>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,7 +68,7 @@ fn snapshot_status(lvs: &[Lv], rec: &RunRecord) -> Vec<SnapshotStatus> {
                 },
                 merging: s.map(|s| s.merging).unwrap_or(false),
                 invalid: s.map(|s| s.invalid).unwrap_or(false),
-                rollback: t.rollback.clone(),
+                rollback: t.rollback,
             }
         })
         .collect()
@@ -142,9 +142,10 @@ pub fn human_text(st: &Status) -> String {
         }
         for sn in &r.snapshots {
             let state = if !sn.exists {
-                match sn.rollback.as_deref() {
-                    Some("done") => "merged".to_string(),
-                    Some("scheduled") => {
+                use crate::model::TargetState;
+                match sn.rollback {
+                    Some(TargetState::Done) => "merged".to_string(),
+                    Some(TargetState::Scheduled) => {
                         "merge completed at activation (run `guard recover`)".into()
                     }
                     _ => "gone".into(),

@@ -115,6 +115,8 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         .map(|(uuid, name)| LockTarget { uuid, name })
         .collect();
     let (_locks, waited) = lock::lock_all(&lock_targets, &holder, opts.wait)?;
+    // and the run itself, for the commands that act on a run by its id
+    let _run_lock = lock::lock_run(&run_id, &holder, false)?;
     let plan = if waited {
         // The run we waited for may have left snapshots or a pending merge: look again.
         plan::build(lvm, &crate::mounts::read()?, &opts.request, &run_id)?
@@ -150,7 +152,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             )
         })?;
     }
-    journal.write(&mut rec)?;
+    journal.create_exclusive(&mut rec)?;
     ui::event(
         Kind::Plan,
         &format!("run {run_id}: protecting {}", names(&plan)),
@@ -225,16 +227,15 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         );
     }
     let exit = finished.exit;
-    rec.outcome = Some(if exit.success() {
+    rec.outcome = Some(if exit.success() && !watcher.rollback_requested {
         Outcome::Success
     } else {
         Outcome::Failure
     });
     rec.exit_status = Some(exit.code());
-    rec.reason = Some(if watcher.rollback_requested {
-        format!("stopped by guard to roll back ({})", exit.describe())
-    } else {
-        exit.describe()
+    rec.reason = Some(match &watcher.rollback_reason {
+        Some(why) => format!("stopped by guard to roll back: {why} ({})", exit.describe()),
+        None => exit.describe(),
     });
     ui::event(
         Kind::CommandResult,
@@ -555,6 +556,7 @@ fn apply_decision(
     let success = rec.outcome == Some(Outcome::Success);
     let env = HookEnv::for_record(rec);
     let on_failure = match opts.on_failure {
+        _ if watcher.rollback_requested => OnFailure::Rollback,
         OnFailure::Ask if !success => ask_after_failure(rec, watcher),
         other => other,
     };
@@ -577,10 +579,16 @@ fn apply_decision(
                 invalid: it.invalid,
             })
             .collect();
+        if !opts.finish {
+            crate::keepwatch::room_for_deferred_merges(lvm, rec);
+        }
         rollback::rollback_with(lvm, journal, rec, Some(&known)).and_then(|todo| {
             if opts.finish && rec.phase == Phase::RollbackScheduled {
                 rollback::finish(lvm, journal, rec)?;
                 return Ok(vec![]);
+            }
+            if rec.phase == Phase::RollbackScheduled {
+                crate::keepwatch::hand_off(&rec.id);
             }
             Ok(todo)
         })
@@ -669,15 +677,7 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
     }
     // Kept snapshots still fill as the origin changes: hand the run over to the background
     // watcher, and leave only once it has taken the run on.
-    if crate::keepwatch::start_background() {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !crate::keepwatch::is_watched(&rec.id) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    if !crate::keepwatch::is_watched(&rec.id) {
-        ui::warn("no background watcher took the kept snapshots on: run `guard watch` (or check them with `guard status`)");
-    }
+    crate::keepwatch::hand_off(&rec.id);
     Ok(todo)
 }
 

@@ -1,9 +1,10 @@
 //! The COW watcher. While the command runs it reads every thick snapshot's COW use (and every
 //! thin pool's data and metadata use) straight from device-mapper, many times a second, and
 //! keeps the rollback point alive:
-//! - it extends early: at --extend-at percent, or sooner when the observed write rate, plus the
-//!   dirty page cache that can still land without any new write, would fill the free space
-//!   within the time an `lvextend` takes; the step grows with the rate;
+//! - it extends early: at --extend-at percent of the room there was at the start, or sooner when
+//!   the observed write rate, plus the dirty page cache that can still land here without any new
+//!   write, would fill the free space within the time an `lvextend` takes; the step grows with
+//!   the rate (the rules are in `model`);
 //! - while an extension is on its way and cannot arrive in time, it pauses the command's
 //!   process group (SIGSTOP), and lets it go on once the space is there;
 //! - when the volume group (or pool) has no room left, it acts per --when-full: `freeze` the
@@ -12,19 +13,28 @@
 //!   `rollback` stops the command and rolls back; `continue` lets the snapshot fill, recorded as
 //!   the operator's choice.
 //!
+//! The operator's requests (`guard rollback RUN`, `guard resume RUN`, a terminating signal) are
+//! read on every tick, held or not: `guard rollback RUN` stops the command at once.
+//!
 //! Freezing comes before the COW is full, while it still has room for every dirty page of the
 //! page cache: the freeze flushes them into the COW. And no lvm command touches a volume while
 //! guard holds it frozen (on 6.1 kernels its suspend fails with EBUSY): resume thaws first.
+pub mod model;
+
 use crate::child::SignalState;
 use crate::dm::{self, Control, SnapshotUse};
 use crate::exec::system_command;
 use crate::freeze::Frozen;
 use crate::size::human;
 use crate::ui;
+use model::{
+    dirty_allowance, extension_step, in_danger, meta_step, needs_extension, pool_state,
+    runway_used_pct, PoolState, DIRTY_WINDOW, MIN_STEP, THIN_META_BLOCK,
+};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -53,7 +63,6 @@ pub struct WatchConfig {
 pub const DEFAULT_EXTEND_AT: f64 = 50.0;
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(100);
-const MIN_STEP: u64 = 8 << 20;
 const RATE_WINDOW: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -74,22 +83,38 @@ pub struct WatchItem {
     pub thin: bool,
     pub dm: String,
     pub mountpoints: Vec<PathBuf>,
-    /// Bytes per thin-pool data block (from the pool's size at the start).
+    /// Bytes per thin-pool data block (from the pool's size in its status).
     pub block_bytes: u64,
     pub extent: u64,
     pub size: u64,
     pub used: u64,
-    pub meta_pct: f64,
+    /// Thin pools: metadata size and use, in bytes.
+    pub meta_size: u64,
+    pub meta_used: u64,
     pub rate: f64,
     pub max_pct: f64,
     pub extensions: u32,
     pub invalid: bool,
+    /// False for a snapshot whose merge is pending: LVM refuses to extend it.
+    pub extendable: bool,
+    /// The use when the watch began (a thin pool is shared: its use before the run is nobody's
+    /// growth); None until the first sample.
+    base: Option<u64>,
+    meta_base: Option<u64>,
+    /// The origin's device number, for its own dirty pages (None inside: not found).
+    origin_dev: Option<Option<(u32, u32)>>,
+    /// The origin's dirty and writeback pages, where the kernel shows them.
+    device_dirty: Option<u64>,
     last: Option<Instant>,
     /// The sample before `last`: the crossing that triggers an action happened after it.
     prev: Option<Instant>,
     /// Recent (time, used) samples: the rate is measured over RATE_WINDOW, so that one fsync
     /// landing between two 20 ms samples does not read as a torrent.
-    hist: std::collections::VecDeque<(Instant, u64)>,
+    hist: VecDeque<(Instant, u64)>,
+    /// (time, used) about once a second over DIRTY_WINDOW: what landed lately.
+    growth: VecDeque<(Instant, u64)>,
+    /// The last fill level warned about for a snapshot that cannot be extended.
+    warned_pct: f64,
 }
 
 impl WatchItem {
@@ -101,7 +126,7 @@ impl WatchItem {
         extent: u64,
         mounts: Vec<PathBuf>,
     ) -> Self {
-        Self::new(
+        let mut it = Self::new(
             vg,
             origin,
             snap,
@@ -110,8 +135,12 @@ impl WatchItem {
             cow,
             extent,
             mounts,
-        )
+        );
+        // a snapshot starts empty: all its use is the run's
+        it.base = Some(0);
+        it
     }
+    /// `pool_size` may be 0 (unknown): the pool's status gives it.
     pub fn pool(
         vg: &str,
         origin: &str,
@@ -130,6 +159,11 @@ impl WatchItem {
             extent,
             mounts,
         )
+    }
+    /// A snapshot whose merge is pending: watched, not extended (lvextend refuses it).
+    pub fn merge_pending(mut self) -> Self {
+        self.extendable = self.thin;
+        self
     }
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -153,14 +187,22 @@ impl WatchItem {
             extent,
             size,
             used: 0,
-            meta_pct: 0.0,
+            meta_size: 0,
+            meta_used: 0,
             rate: 0.0,
             max_pct: 0.0,
             extensions: 0,
             invalid: false,
+            extendable: true,
+            base: None,
+            meta_base: None,
+            origin_dev: None,
+            device_dirty: None,
             last: None,
             prev: None,
-            hist: std::collections::VecDeque::new(),
+            hist: VecDeque::new(),
+            growth: VecDeque::new(),
+            warned_pct: 0.0,
         }
     }
     pub fn name(&self) -> String {
@@ -173,61 +215,27 @@ impl WatchItem {
             self.used as f64 * 100.0 / self.size as f64
         }
     }
+    pub fn meta_pct(&self) -> f64 {
+        if self.meta_size == 0 {
+            0.0
+        } else {
+            self.meta_used as f64 * 100.0 / self.meta_size as f64
+        }
+    }
     fn free(&self) -> u64 {
         self.size.saturating_sub(self.used)
     }
-}
-
-/// Should this item be extended now? At the threshold, or when what can land within the
-/// horizon (writes at the observed rate, plus the dirty page cache) would not fit.
-pub fn needs_extension(
-    size: u64,
-    used: u64,
-    rate: f64,
-    dirty: u64,
-    horizon: Duration,
-    extend_at: f64,
-) -> bool {
-    let free = size.saturating_sub(used) as f64;
-    let pct = if size == 0 {
-        100.0
-    } else {
-        used as f64 * 100.0 / size as f64
-    };
-    pct >= extend_at || free < rate * horizon.as_secs_f64() * 2.0 + dirty as f64
-}
-
-/// How much to add: half the size, or what the rate fills in four horizons, or twice the dirty
-/// cache, whichever is most; whole extents; capped by what the VG has. None: no room at all.
-pub fn extension_step(
-    size: u64,
-    rate: f64,
-    dirty: u64,
-    horizon: Duration,
-    extent: u64,
-    vg_free: u64,
-) -> Option<u64> {
-    let extent = extent.max(1);
-    let want = [
-        size / 2,
-        (rate * horizon.as_secs_f64() * 4.0) as u64,
-        dirty * 2,
-        MIN_STEP,
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(MIN_STEP);
-    let want = want.div_ceil(extent) * extent;
-    let room = vg_free / extent * extent;
-    (room > 0).then(|| want.min(room))
-}
-
-/// Is the rollback point about to be lost: would the dirty cache plus the next moments of
-/// writing no longer fit?
-pub fn in_danger(size: u64, used: u64, rate: f64, dirty: u64) -> bool {
-    let free = size.saturating_sub(used) as f64;
-    let safety = (size as f64 * 0.02).max(1024.0 * 1024.0);
-    free < dirty as f64 + rate * 0.1 + safety
+    /// What landed over the last DIRTY_WINDOW.
+    fn recent_growth(&self) -> u64 {
+        self.growth
+            .front()
+            .map(|&(_, u)| self.used.saturating_sub(u))
+            .unwrap_or(0)
+    }
+    /// What landed since the watch began.
+    fn growth_since_start(&self) -> u64 {
+        self.used.saturating_sub(self.base.unwrap_or(0))
+    }
 }
 
 /// Dirty + Writeback from /proc/meminfo: an upper bound on what can still land on any device
@@ -243,10 +251,69 @@ pub fn dirty_bytes() -> u64 {
         * 1024
 }
 
+/// One device's dirty and writeback pages: BdiReclaimable + BdiWriteback from the kernel's
+/// per-device writeback stats (debugfs, /sys/kernel/debug/bdi/MAJ:MIN/stats; the only place a
+/// device's own dirty pages are shown). None where debugfs is not mounted or is locked down.
+/// On kernels before 6.3 it counts the root cgroup's writeback only, so it is one of several
+/// estimates, never the only one (see model::dirty_allowance).
+pub fn device_dirty_bytes(dev: (u32, u32)) -> Option<u64> {
+    let text =
+        std::fs::read_to_string(format!("/sys/kernel/debug/bdi/{}:{}/stats", dev.0, dev.1)).ok()?;
+    let kb: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("BdiWriteback:") || l.starts_with("BdiReclaimable:"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Some(kb * 1024)
+}
+
+/// The device number of /dev/mapper/NAME.
+fn dm_dev(name: &str) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata(format!("/dev/mapper/{name}"))
+        .ok()?
+        .rdev();
+    Some((libc::major(rdev), libc::minor(rdev)))
+}
+
+/// Bytes the process tree under `pid` dirtied so far (/proc/PID/io write_bytes, counted when a
+/// page is dirtied, minus cancelled_write_bytes; a reaped child's count is added to its parent's).
+/// Walks /proc/PID/task/TID/children rather than all of /proc: a few files per tick.
+fn tree_written(pid: i32) -> u64 {
+    let mut total = 0u64;
+    let mut todo = vec![pid];
+    let mut seen = BTreeSet::new();
+    while let Some(p) = todo.pop() {
+        if !seen.insert(p) || seen.len() > 4096 {
+            continue;
+        }
+        if let Ok(io) = std::fs::read_to_string(format!("/proc/{p}/io")) {
+            let field = |k: &str| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            total += field("write_bytes:").saturating_sub(field("cancelled_write_bytes:"));
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                todo.extend(c.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+            }
+        }
+    }
+    total
+}
+
 struct InFlight {
     child: Child,
     item: usize,
     bytes: u64,
+    /// A thin pool's metadata, not its data.
+    metadata: bool,
     started: Instant,
     /// From the sample before the crossing to the lvextend issued: an upper bound on how long
     /// guard took to react.
@@ -270,11 +337,15 @@ pub struct Watcher {
     pub events: Vec<Event>,
     /// Guard should stop the command and roll back (--when-full rollback, or asked).
     pub rollback_requested: bool,
+    /// Why, in words for the record: who asked for the rollback.
+    pub rollback_reason: Option<String>,
     changed: bool,
     live: bool,
     last_draw: Option<Instant>,
     dirty: u64,
     dirty_at: Option<Instant>,
+    /// The most the command's process tree has dirtied (it only grows; see tree_written).
+    cmd_dirtied: u64,
 }
 
 impl Watcher {
@@ -302,16 +373,18 @@ impl Watcher {
             continue_noted: BTreeSet::new(),
             events: Vec::new(),
             rollback_requested: false,
+            rollback_reason: None,
             changed: false,
             live,
             last_draw: None,
             dirty: 0,
             dirty_at: None,
+            cmd_dirtied: 0,
         }
     }
 
     pub fn set_pgid(&mut self, pgid: i32) {
-        self.pgid = Some(pgid);
+        self.pgid = (pgid > 0).then_some(pgid);
     }
 
     /// Mount points guard holds frozen now (for the journal: recover thaws them).
@@ -325,6 +398,32 @@ impl Watcher {
     /// True once after each change worth journaling (freeze, thaw, extension).
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)
+    }
+
+    /// Whether some VG was found without room (the background watcher then reads the VGs'
+    /// free space again sooner).
+    pub fn vg_full(&self) -> bool {
+        !self.vg_full.is_empty()
+    }
+
+    /// The VG's free space as read now. Room again (the operator added a disk, removed an LV)
+    /// ends "VG full": a watcher that read the free space once would never extend again.
+    /// A hold is left to `guard resume`, which also thaws.
+    pub fn set_vg_free(&mut self, vg: &str, free: u64) {
+        self.vg_free.insert(vg.to_string(), free);
+        if free >= MIN_STEP && !self.held && self.vg_full.remove(vg) {
+            let items: Vec<usize> = (0..self.items.len())
+                .filter(|&i| self.items[i].vg == vg)
+                .collect();
+            for i in items {
+                self.continue_noted.remove(&i);
+            }
+            self.event(
+                "vg-room",
+                vg.to_string(),
+                format!("{} free again: extending resumes", human(free)),
+            );
+        }
     }
 
     fn event(&mut self, kind: &'static str, lv: String, detail: String) {
@@ -355,32 +454,66 @@ impl Watcher {
         }
     }
 
-    /// One round: sample, decide, act. Returns how long to wait before the next.
+    /// One round while the command runs: the operator's requests, then sample, decide, act.
+    /// Returns how long to wait before the next.
     pub fn tick(&mut self, sig: &SignalState) -> Duration {
+        self.steer(sig);
+        self.step()
+    }
+
+    /// Acts on what the operator asked since the last tick. Every request is consumed here, on
+    /// every tick: one left standing would be acted on later by a hold that did not exist when
+    /// it was made (a SIGTERM the command already got and survived is no rollback request).
+    fn steer(&mut self, sig: &SignalState) {
+        let rollback = sig.take_rollback_request();
+        let terminate = sig.take_terminate();
+        let resume = sig.take_resume_request();
+        if rollback {
+            self.request_rollback("rollback requested (`guard rollback`)");
+        } else if terminate && self.held {
+            // held, the command cannot act on the signal: the operator wants out
+            self.request_rollback("interrupted while the command was held");
+        } else if resume {
+            if self.held {
+                self.try_resume();
+            } else {
+                ui::say("resume requested, but the run is not held: nothing to resume");
+            }
+        }
+        // a terminating signal outside a hold was forwarded to the command's group already
+    }
+
+    /// One round without the operator's requests (the background watcher has no command):
+    /// sample, decide, act.
+    pub fn step(&mut self) -> Duration {
         self.poll_inflight();
         if self.held {
-            self.while_held(sig);
             self.draw();
             return Duration::from_millis(200);
         }
         let now = Instant::now();
-        // /proc/meminfo is costly to generate: read it at most every 250 ms
+        // /proc/meminfo is costly to generate: read it (and the other dirty figures) at most
+        // every 250 ms
         if self
             .dirty_at
             .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(250))
         {
-            self.dirty = dirty_bytes();
+            self.refresh_dirty();
             self.dirty_at = Some(now);
         }
-        let dirty = self.dirty;
         let mut hot = false;
         for i in 0..self.items.len() {
-            self.sample(i, now);
+            if !self.sample(i, now) {
+                continue;
+            }
             let it = &self.items[i];
             if it.invalid {
                 continue;
             }
-            hot |= it.rate > 0.0 || it.pct() > self.cfg.extend_at / 2.0;
+            let base = it.base.unwrap_or(0);
+            hot |=
+                it.rate > 0.0 || runway_used_pct(it.size, it.used, base) > self.cfg.extend_at / 2.0;
+            let dirty = self.dirty_for(i);
             self.decide(i, dirty);
         }
         self.draw();
@@ -391,33 +524,78 @@ impl Watcher {
         }
     }
 
-    fn sample(&mut self, i: usize, now: Instant) {
-        let Some(ctl) = &self.ctl else { return };
+    fn refresh_dirty(&mut self) {
+        self.dirty = dirty_bytes();
+        if let Some(p) = self.pgid {
+            self.cmd_dirtied = self.cmd_dirtied.max(tree_written(p));
+        }
+        for it in self.items.iter_mut() {
+            let dev = *it
+                .origin_dev
+                .get_or_insert_with(|| dm_dev(&dm::dm_name(&it.vg, &it.lv)));
+            it.device_dirty = dev.and_then(device_dirty_bytes);
+        }
+    }
+
+    /// The dirty page cache that can still land in item `i` (see model::dirty_allowance).
+    fn dirty_for(&self, i: usize) -> u64 {
         let it = &self.items[i];
+        dirty_allowance(
+            self.dirty,
+            it.device_dirty,
+            it.recent_growth(),
+            self.cmd_dirtied.saturating_sub(it.growth_since_start()),
+        )
+    }
+
+    /// Reads item `i`'s use from device-mapper; false when there was nothing to read.
+    fn sample(&mut self, i: usize, now: Instant) -> bool {
+        let Some(ctl) = &self.ctl else { return false };
+        let it = &self.items[i];
+        if it.invalid {
+            return false;
+        }
         let Ok(targets) = ctl.status(&it.dm) else {
-            return;
+            return false;
         };
-        let Some(t) = targets.first() else { return };
-        let (used, size, meta_pct) = if it.thin {
+        let Some(t) = targets.first() else {
+            return false;
+        };
+        let (used, size) = if it.thin {
+            if t.target_type != "thin-pool" {
+                return false;
+            }
             let Some(p) = dm::parse_thin_pool(&t.params) else {
-                return;
+                return false;
             };
-            let block = if it.block_bytes > 0 {
-                it.block_bytes
+            match pool_state(&p) {
+                PoolState::Failed | PoolState::ReadOnly => {
+                    self.pool_unusable(i, pool_state(&p));
+                    return false;
+                }
+                PoolState::Writable | PoolState::OutOfData => {}
+            }
+            // the pool device's length is its data size: no need for the plan to know it
+            let pool_bytes = if t.length > 0 {
+                t.length * 512
             } else {
-                it.size / p.data_total.max(1)
+                it.size
             };
-            self.items[i].block_bytes = block;
-            (
-                p.data_used * block,
-                p.data_total * block,
-                p.meta_used as f64 * 100.0 / p.meta_total.max(1) as f64,
-            )
+            let block = pool_bytes / p.data_total.max(1);
+            let it = &mut self.items[i];
+            it.block_bytes = block;
+            it.meta_size = p.meta_total * THIN_META_BLOCK;
+            it.meta_used = p.meta_used * THIN_META_BLOCK;
+            it.meta_base.get_or_insert(it.meta_used);
+            (p.data_used * block, p.data_total * block)
         } else {
+            if t.target_type != "snapshot" && t.target_type != "snapshot-merge" {
+                return false;
+            }
             match dm::parse_snapshot(&t.params) {
                 SnapshotUse::Used {
                     allocated, total, ..
-                } => (allocated * 512, total * 512, 0.0),
+                } => (allocated * 512, total * 512),
                 SnapshotUse::Invalid => {
                     if !self.items[i].invalid {
                         self.items[i].invalid = true;
@@ -432,12 +610,13 @@ impl Watcher {
                             "COW space full; rollback point lost".into(),
                         );
                     }
-                    return;
+                    return false;
                 }
-                SnapshotUse::Other => return,
+                SnapshotUse::Other => return false,
             }
         };
         let it = &mut self.items[i];
+        it.base.get_or_insert(used);
         it.hist.push_back((now, used));
         while it.hist.len() > 2
             && it
@@ -453,40 +632,107 @@ impl Watcher {
                 it.rate = used.saturating_sub(u0) as f64 / dt;
             }
         }
+        if it
+            .growth
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            it.growth.push_back((now, used));
+        }
+        while it.growth.len() > 1
+            && it
+                .growth
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) > DIRTY_WINDOW)
+        {
+            it.growth.pop_front();
+        }
         it.used = used;
         it.size = size;
-        it.meta_pct = meta_pct;
         it.prev = it.last;
         it.last = Some(now);
         it.max_pct = it.max_pct.max(it.pct());
+        true
+    }
+
+    /// A failed or read-only pool: its thin snapshots cannot be merged (a merge writes the
+    /// pool's metadata) until it is repaired, so the rollback point counts as lost.
+    fn pool_unusable(&mut self, i: usize, state: PoolState) {
+        let it = &mut self.items[i];
+        if it.invalid {
+            return;
+        }
+        it.invalid = true;
+        let name = it.name();
+        let pool = format!("{}/{}", it.vg, it.extend_lv);
+        let what = if state == PoolState::Failed {
+            "FAILED"
+        } else {
+            "READ-ONLY (its metadata needs repair)"
+        };
+        ui::error(&format!(
+            "thin pool {pool} is {what}: {name} cannot be rolled back until the pool is repaired (lvconvert --repair {pool})"
+        ));
+        self.event(
+            "pool-unusable",
+            name,
+            format!("thin pool {pool} is {what}; rollback point unusable"),
+        );
     }
 
     fn decide(&mut self, i: usize, dirty: u64) {
         let horizon = self.extend_cost + Duration::from_millis(300);
         let it = &self.items[i];
+        let base = it.base.unwrap_or(0);
         let vg_full = self.vg_full.contains(&it.vg);
-        if self.inflight.is_none() && !vg_full {
-            if needs_extension(
-                it.size,
-                it.used,
-                it.rate,
-                dirty,
+        let data_need = needs_extension(
+            it.size,
+            it.used,
+            base,
+            it.rate,
+            dirty,
+            horizon,
+            self.cfg.extend_at,
+        );
+        let meta_need = it.thin
+            && it.meta_size > 0
+            && needs_extension(
+                it.meta_size,
+                it.meta_used,
+                it.meta_base.unwrap_or(0),
+                0.0,
+                0,
                 horizon,
                 self.cfg.extend_at,
-            ) {
-                let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
-                match extension_step(it.size, it.rate, dirty, horizon, it.extent, free) {
+            );
+        if !it.extendable {
+            if data_need {
+                self.merge_pending_warning(i);
+            }
+        } else if self.inflight.is_none() && !vg_full {
+            let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
+            if data_need {
+                match extension_step(it.size, base, it.rate, dirty, horizon, it.extent, free) {
                     Some(step) => self.start_extension(i, step, false),
                     None => {
                         self.vg_full.insert(it.vg.clone());
                     }
                 }
-            } else if it.thin && it.meta_pct >= self.cfg.extend_at {
-                self.start_extension(i, MIN_STEP / 2, true);
+            } else if meta_need {
+                let extent = it.extent.max(1);
+                let step = meta_step(it.meta_size).min(free / extent * extent);
+                if step > 0 {
+                    self.start_extension(i, step, true);
+                } else {
+                    self.vg_full.insert(it.vg.clone());
+                }
             }
         }
         let it = &self.items[i];
-        if !in_danger(it.size, it.used, it.rate, dirty) {
+        // pool metadata that fills is as fatal as data: the pool turns read-only
+        let danger = in_danger(it.size, it.used, it.rate, dirty)
+            || (it.thin && it.meta_size > 0 && in_danger(it.meta_size, it.meta_used, 0.0, 0));
+        if !danger {
             return;
         }
         if self.inflight.is_some() {
@@ -503,9 +749,28 @@ impl Watcher {
                     "command stopped until the extension completes".into(),
                 );
             }
-        } else if self.vg_full.contains(&it.vg) {
+        } else if self.vg_full.contains(&it.vg) || !it.extendable {
             self.full(i);
         }
+    }
+
+    /// A snapshot whose merge is pending fills and LVM cannot extend it: say so, at the
+    /// threshold and at every further 10 % (the operator can still complete the rollback).
+    fn merge_pending_warning(&mut self, i: usize) {
+        let it = &self.items[i];
+        let pct = it.pct();
+        if pct < it.warned_pct + 10.0 && it.warned_pct > 0.0 {
+            return;
+        }
+        self.items[i].warned_pct = pct;
+        let it = &self.items[i];
+        let name = it.name();
+        let run = &self.run_id;
+        let detail = format!(
+            "the snapshot holding its scheduled rollback is {pct:.0}% full, and LVM cannot extend a snapshot whose merge is pending: complete the rollback before it fills (`guard rollback --finish {run}`, or reboot if it holds /)"
+        );
+        ui::warn(&format!("{name}: {detail}"));
+        self.event("merge-pending-filling", name, detail);
     }
 
     fn start_extension(&mut self, i: usize, bytes: u64, metadata: bool) {
@@ -534,6 +799,7 @@ impl Watcher {
                     child,
                     item: i,
                     bytes,
+                    metadata,
                     started: Instant::now(),
                     reaction,
                 })
@@ -560,18 +826,31 @@ impl Watcher {
             }
             let it = &mut self.items[f.item];
             it.extensions += 1;
-            it.size += f.bytes;
-            let what = if it.thin { "thin pool" } else { "snapshot" };
-            let detail = format!(
-                "{what} {}/{} +{} in {:.2}s (issued <= {} ms after the need arose; {:.0}% of the old size used when it landed; rate {}/s)",
-                it.vg,
-                it.extend_lv,
-                human(f.bytes),
-                took.as_secs_f64(),
-                f.reaction.as_millis(),
-                it.used as f64 * 100.0 / it.size.saturating_sub(f.bytes).max(1) as f64,
-                human(it.rate as u64)
-            );
+            let detail = if f.metadata {
+                it.meta_size += f.bytes;
+                format!(
+                    "thin pool {}/{} metadata +{} in {:.2}s ({:.0}% of the old size used)",
+                    it.vg,
+                    it.extend_lv,
+                    human(f.bytes),
+                    took.as_secs_f64(),
+                    it.meta_used as f64 * 100.0
+                        / it.meta_size.saturating_sub(f.bytes).max(1) as f64,
+                )
+            } else {
+                it.size += f.bytes;
+                let what = if it.thin { "thin pool" } else { "snapshot" };
+                format!(
+                    "{what} {}/{} +{} in {:.2}s (issued <= {} ms after the need arose; {:.0}% of the old size used when it landed; rate {}/s)",
+                    it.vg,
+                    it.extend_lv,
+                    human(f.bytes),
+                    took.as_secs_f64(),
+                    f.reaction.as_millis(),
+                    it.used as f64 * 100.0 / it.size.saturating_sub(f.bytes).max(1) as f64,
+                    human(it.rate as u64)
+                )
+            };
             ui::say(&format!("{name}: extended {detail}"));
             self.event("extended", name, detail);
         } else {
@@ -583,6 +862,9 @@ impl Watcher {
             ui::warn(&format!("{name}: lvextend failed: {err}"));
             if err.contains("nsufficient") || err.contains("free space") {
                 self.vg_full.insert(vg);
+            } else if err.contains("internal logical volume") {
+                // its merge was scheduled meanwhile: LVM extends such a snapshot no more
+                self.items[f.item].extendable = false;
             }
             self.event("extend-failed", name, err);
         }
@@ -603,7 +885,19 @@ impl Watcher {
     fn full(&mut self, i: usize) {
         let it = &self.items[i];
         let name = it.name();
-        let what = if it.thin {
+        let what = if !it.extendable {
+            format!(
+                "its snapshot is {:.0}% full and cannot be extended (its merge is pending)",
+                it.pct()
+            )
+        } else if it.thin && in_danger(it.meta_size, it.meta_used, 0.0, 0) {
+            format!(
+                "thin pool {}/{}'s metadata is {:.0}% full",
+                it.vg,
+                it.extend_lv,
+                it.meta_pct()
+            )
+        } else if it.thin {
             format!(
                 "thin pool {}/{} is {:.0}% full",
                 it.vg,
@@ -654,7 +948,9 @@ impl Watcher {
                 );
                 if self.cfg.when_full == WhenFull::Rollback {
                     ui::warn(&format!("{name}: {what} and volume group {vg} has no room: {frozen_what}; --when-full rollback: stopping the command and rolling back"));
-                    self.request_rollback();
+                    self.request_rollback(&format!(
+                        "--when-full rollback: {what} and volume group {vg} has no room"
+                    ));
                 } else {
                     let pg = self.pgid.unwrap_or(0);
                     let run = &self.run_id;
@@ -666,8 +962,18 @@ impl Watcher {
         }
     }
 
-    fn request_rollback(&mut self) {
-        self.rollback_requested = true;
+    /// Stops the command (its whole process group) so that the run rolls back.
+    fn request_rollback(&mut self, why: &str) {
+        if !self.rollback_requested {
+            self.rollback_requested = true;
+            self.rollback_reason = Some(why.to_string());
+            ui::say(&format!("{why}: stopping the command to roll back"));
+            self.event(
+                "rollback-requested",
+                String::new(),
+                format!("{why}; the command's process group is killed"),
+            );
+        }
         self.signal_group(Signal::SIGKILL);
         self.signal_group(Signal::SIGCONT);
         // processes blocked on the frozen filesystem can only die once it is thawed
@@ -682,15 +988,8 @@ impl Watcher {
         self.held = false;
     }
 
-    fn while_held(&mut self, sig: &SignalState) {
-        if sig.take_rollback_request() || sig.take_terminate() {
-            ui::say("rollback requested: stopping the command");
-            self.request_rollback();
-            return;
-        }
-        if !sig.take_resume_request() {
-            return;
-        }
+    /// `guard resume RUN` while held: once the held VGs have room, thaw, extend, continue.
+    fn try_resume(&mut self) {
         let vgs = crate::lvm::Lvm::vgs(&crate::lvm::real::RealLvm);
         let held_vgs: Vec<String> = self.vg_full.iter().cloned().collect();
         let mut room = true;
@@ -718,17 +1017,25 @@ impl Watcher {
         for vg in held_vgs {
             self.vg_full.remove(&vg);
         }
-        let dirty = dirty_bytes();
+        self.dirty = dirty_bytes();
         for i in 0..self.items.len() {
+            let dirty = self.dirty_for(i);
             let it = &self.items[i];
-            if it.invalid || !self.vg_full.is_empty() {
+            if it.invalid || !it.extendable || !self.vg_full.is_empty() {
                 continue;
             }
             let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
-            if let Some(step) =
-                extension_step(it.size, it.rate, dirty, self.extend_cost, it.extent, free)
-            {
-                if it.pct() >= self.cfg.extend_at / 2.0 {
+            let base = it.base.unwrap_or(0);
+            if let Some(step) = extension_step(
+                it.size,
+                base,
+                it.rate,
+                dirty,
+                self.extend_cost,
+                it.extent,
+                free,
+            ) {
+                if runway_used_pct(it.size, it.used, base) >= self.cfg.extend_at / 2.0 {
                     self.start_extension(i, step, false);
                     self.wait_inflight();
                 }
@@ -788,6 +1095,8 @@ impl Watcher {
     /// still watching, so that what the command left in the page cache lands in a snapshot that
     /// has room for it, before guard decides.
     pub fn settle(&mut self, sig: &SignalState) {
+        // a request made after the last tick of the run still counts
+        self.steer(sig);
         if self.rollback_requested || self.held {
             return;
         }
@@ -845,55 +1154,110 @@ impl Drop for Watcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    const MIB: u64 = 1 << 20;
+    use signal_hook::consts::{SIGTERM, SIGUSR1, SIGUSR2};
+    use std::os::unix::process::CommandExt;
 
-    #[test]
-    fn extends_at_the_threshold_or_when_the_rate_demands() {
-        let h = Duration::from_secs(1);
-        assert!(!needs_extension(8 * MIB, 2 * MIB, 0.0, 0, h, 50.0));
-        assert!(needs_extension(8 * MIB, 4 * MIB, 0.0, 0, h, 50.0));
-        // 2 MiB used of 8, but 4 MiB/s fills the rest before an lvextend lands
-        assert!(needs_extension(
-            8 * MIB,
-            2 * MIB,
-            4.0 * MIB as f64,
-            0,
-            h,
-            50.0
-        ));
-        // or the dirty page cache alone would not fit
-        assert!(needs_extension(8 * MIB, 2 * MIB, 0.0, 7 * MIB, h, 50.0));
+    fn watcher() -> Watcher {
+        let items = vec![WatchItem::snapshot(
+            "vg",
+            "a",
+            "a-guard-x",
+            8 << 20,
+            4 << 20,
+            vec![],
+        )];
+        let cfg = WatchConfig {
+            extend_at: DEFAULT_EXTEND_AT,
+            when_full: WhenFull::Freeze,
+        };
+        let mut w = Watcher::new(items, BTreeMap::new(), cfg, "20260101-000000-abcd");
+        // no device-mapper in a unit test: only the operator's requests are exercised
+        w.ctl = None;
+        w
     }
 
     #[test]
-    fn step_grows_with_the_rate_and_respects_the_vg() {
-        let h = Duration::from_secs(1);
-        let ext = 4 * MIB;
+    fn a_rollback_request_stops_a_running_command_at_the_next_tick() {
+        let sig = SignalState::default();
+        let mut w = watcher();
+        // a real process group stands in for the command
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        w.set_pgid(child.id() as i32);
+        sig.note(SIGUSR2);
+        w.tick(&sig);
+        assert!(w.rollback_requested, "not held, yet the request must act");
+        assert!(w
+            .rollback_reason
+            .as_deref()
+            .unwrap()
+            .contains("guard rollback"));
+        assert!(w.events.iter().any(|e| e.kind == "rollback-requested"));
+        let st = child.wait().unwrap();
         assert_eq!(
-            extension_step(8 * MIB, 0.0, 0, h, ext, 1 << 30),
-            Some(8 * MIB)
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL)
         );
-        assert_eq!(
-            extension_step(8 * MIB, 50.0 * MIB as f64, 0, h, ext, 1 << 30),
-            Some(200 * MIB)
-        );
-        assert_eq!(
-            extension_step(8 * MIB, 50.0 * MIB as f64, 0, h, ext, 12 * MIB),
-            Some(12 * MIB)
-        );
-        assert_eq!(extension_step(8 * MIB, 0.0, 0, h, ext, MIB), None);
+        // consumed: nothing is left for a later tick
+        assert!(!sig.take_rollback_request());
     }
 
     #[test]
-    fn danger_leaves_room_for_the_dirty_cache() {
-        assert!(!in_danger(100 * MIB, 50 * MIB, 0.0, 10 * MIB));
-        assert!(in_danger(100 * MIB, 95 * MIB, 0.0, 4 * MIB));
-        assert!(in_danger(8 * MIB, 7 * MIB + MIB / 2, 0.0, 0));
+    fn a_resume_outside_a_hold_is_consumed_and_ignored() {
+        let sig = SignalState::default();
+        let mut w = watcher();
+        sig.note(SIGUSR1);
+        w.tick(&sig);
+        assert!(!sig.take_resume_request());
+        assert!(!w.rollback_requested && !w.held);
+    }
+
+    #[test]
+    fn a_forwarded_terminate_is_no_rollback_request_for_a_later_hold() {
+        let sig = SignalState::default();
+        let mut w = watcher();
+        // SIGTERM while the command runs: forwarded to it (it may handle it and go on)
+        sig.note(SIGTERM);
+        w.tick(&sig);
+        assert!(!w.rollback_requested);
+        // later the VG fills and guard holds the command
+        w.held = true;
+        w.tick(&sig);
+        assert!(!w.rollback_requested, "a stale SIGTERM ended the hold");
+        // a SIGTERM during the hold is the operator's wish to get out: roll back
+        sig.note(SIGTERM);
+        w.tick(&sig);
+        assert!(w.rollback_requested && !w.held);
+    }
+
+    #[test]
+    fn room_in_the_vg_again_ends_vg_full() {
+        let mut w = watcher();
+        w.vg_full.insert("vg".into());
+        w.set_vg_free("vg", 1 << 20);
+        assert!(w.vg_full(), "1 MiB is no room");
+        w.set_vg_free("vg", 1 << 30);
+        assert!(!w.vg_full());
+        assert!(w.events.iter().any(|e| e.kind == "vg-room"));
+    }
+
+    #[test]
+    fn a_pending_merge_is_watched_not_extended() {
+        let it = WatchItem::snapshot("vg", "a", "s", 8 << 20, 4 << 20, vec![]).merge_pending();
+        assert!(!it.extendable);
+        // a thin pool stays extendable: the pool is an ordinary LV
+        let p = WatchItem::pool("vg", "t", "pool", 0, 4 << 20, vec![]).merge_pending();
+        assert!(p.extendable);
     }
 
     #[test]
     fn reads_dirty_memory() {
         // a number, whatever it is on this machine
         let _ = dirty_bytes();
+        let me = std::process::id() as i32;
+        let _ = tree_written(me);
     }
 }

@@ -151,6 +151,16 @@ impl Lvm for RealLvm {
             if !origin.merging {
                 return Ok(());
             }
+            // an invalidated snapshot never finishes merging: say so instead of waiting
+            if let Some(s) = lvs
+                .iter()
+                .find(|s| s.vg == vg && s.origin.as_deref() == Some(lv) && s.invalid)
+            {
+                return Err(Error::Other(format!(
+                    "snapshot {} was invalidated (its COW space filled): the merge into {name} cannot run and the rollback point is lost",
+                    s.full_name()
+                )));
+            }
             if !origin.active {
                 return Err(Error::refused(
                     format!("{name} is not active, so its merge cannot run"),

@@ -21,10 +21,15 @@ for p in apt dnf kernel-upgrade mysql postgresql deploy; do want -rw-r--r-- "usr
 want -rw-r--r-- lib/systemd/system/guard-recover.service
 want -rw-r--r-- lib/systemd/system/guard-expire.service
 want -rw-r--r-- lib/systemd/system/guard-expire.timer
+want -rw-r--r-- usr/lib/tmpfiles.d/guard.conf
+# /run/lock/guard made at boot, root's and 0700: no other user can make it first
+if dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/lib/tmpfiles.d/guard.conf | grep -qxE 'd +/run/lock/guard +0700 +root +root +-'; then echo "  ok: tmpfiles.d makes /run/lock/guard 0700 root root"; else echo "  not ok: tmpfiles.d entry for /run/lock/guard"; bad=1; fi
 for f in Depends:.*lvm2 'postinst' 'Section: admin'; do
   if grep -qE "$f" /tmp/guard-deb-info; then echo "  ok: control has $f"; else echo "  not ok: control lacks $f"; bad=1; fi
 done
-if dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./postinst | grep -q 'install -d -m 0700 /var/lib/guard'; then echo "  ok: postinst makes /var/lib/guard 0700"; else echo "  not ok: postinst"; bad=1; fi
+dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./postinst > /tmp/guard-deb-postinst
+if grep -qE 'install -d -m 0700 (-o root -g root )?/var/lib/guard' /tmp/guard-deb-postinst; then echo "  ok: postinst makes /var/lib/guard 0700"; else echo "  not ok: postinst"; bad=1; fi
+if grep -q 'systemd-tmpfiles --create guard.conf' /tmp/guard-deb-postinst; then echo "  ok: postinst makes /run/lock/guard now"; else echo "  not ok: postinst lacks systemd-tmpfiles --create guard.conf"; bad=1; fi
 if [ "$bad" = 0 ]; then echo "PASS deb_contents"; passed=$((passed + 1)); else echo "FAIL deb_contents"; sed 's/^/  | /' /tmp/guard-deb-contents; failed=1; fi
 echo "deb: $passed passed, $failed failed"
 [ "$failed" = 0 ]

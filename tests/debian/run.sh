@@ -141,7 +141,7 @@ begin keep_window_then_rollback_after_reboot
 if start_vm; then
   repo good; pkgstate > "$W/before"
   g 'guard --policy apt --keep 10m -- apt-get -y dist-upgrade' > "$W/out" 2>&1; rc=$?
-  run=$(sed -n 's/.*run \([0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{4\}\).*/\1/p' "$W/out" | head -1)
+  run=$(sed -nE 's/.*run ([0-9]{8}-[0-9]{6}-([0-9a-f]{16}|[0-9a-f]{4}))([^0-9a-f].*)?$/\1/p' "$W/out" | head -1)
   check_eq "exit 0" "$rc" 0
   check_out "kept, with how to commit or roll back" "$W/out" "guard rollback $run"
   check_eq "the snapshot is kept" "$(g "lvs --noheadings -o lv_name @guard-run:$run" | tr -d ' ')" "root-guard-$run"
@@ -227,6 +227,43 @@ ansible_python_interpreter=/usr/bin/python3
     check_eq "summary: srv-a rolled back, confirmed after the reboot" "$(python3 -c 'import json,sys; r=[r for r in json.load(open(sys.argv[1]))["reports"] if r["host"]=="srv-a"][0]; print(r["action"], r["after_reboot"]["pending_runs"])' "$R/summary.json")" "rollback-scheduled 0"
     check_eq "the host has the old guardtest-bad again, dpkg clean" "$(g "dpkg-query -W -f='\${Version}' guardtest-bad; dpkg --audit")" "1.0"
   else bad "ansible-core could not be installed"; fi
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
+# 6. Trust item 2: / under the apt policy with a full VG. guard freezes /, where its journal
+#    lives; it must keep acting (its state goes under /run during the hold): `guard status`
+#    answers and `guard rollback RUN` completes from a second session, and the host is usable.
+if want frozen_root; then
+begin frozen_root_still_answers_and_rolls_back
+if start_vm; then
+  # a connection opened before the freeze: a new login would write wtmp on the frozen /
+  ctl="$W/ctl"
+  ssh -q -M -S "$ctl" -fN -i "$CACHE/id_ed25519" -p "$PORT" -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o BatchMode=yes root@127.0.0.1
+  gm() { timeout "$1" ssh -q -S "$ctl" -p "$PORT" root@127.0.0.1 "${@:2}"; }
+  g 'lvcreate -q -y -l 100%FREE -n filler vg0 >/dev/null && lvreduce -q -y -L -12M vg0/filler >/dev/null; echo before > /root/marker; sync'
+  g 'guard --policy apt --size 16M -- sh -c "echo during > /root/marker; i=0; while [ \$i -lt 400 ]; do dd if=/dev/zero of=/root/big bs=1M count=1 seek=\$i conv=notrunc oflag=dsync 2>/dev/null; i=\$((i+1)); done"' > "$W/out" 2>&1 &
+  gp=$!
+  for _ in $(seq 1 150); do grep -q "froze /" "$W/out" && break; sleep 1; done
+  check_out "guard froze / (the VG has no room left)" "$W/out" "froze /"
+  run=$(sed -nE 's/.*run ([0-9]{8}-[0-9]{6}-([0-9a-f]{16}|[0-9a-f]{4}))([^0-9a-f].*)?$/\1/p' "$W/out" | head -1)
+  gm 60 'guard status' > "$W/status" 2>&1; rc=$?
+  check_eq "guard status answers during the hold" "$rc" 0
+  check_out "and shows the run" "$W/status" "$run"
+  gm 60 "guard rollback $run" > "$W/rb" 2>&1; rc=$?
+  check_eq "guard rollback RUN answers during the hold" "$rc" 0
+  for _ in $(seq 1 120); do kill -0 "$gp" 2>/dev/null || break; sleep 1; done
+  if kill -0 "$gp" 2>/dev/null; then bad "guard is still running 2 minutes after the rollback request"; else ok "guard finished after the rollback request"; fi
+  check_eq "/ is thawed: writes work" "$(gm 30 'echo x > /root/after && echo written')" written
+  check_eq "a new login works" "$(g 'echo in')" in
+  check_out "guard schedules the rollback of / for the next boot" "$W/out" "ROLLBACK SCHEDULED: completes at the next boot"
+  ssh -q -S "$ctl" -O exit -p "$PORT" root@127.0.0.1 2>/dev/null
+  if reboot_vm; then
+    check_eq "after the reboot / is as before the run" "$(g 'cat /root/marker; test -e /root/big && echo big')" before
+    if g 'lvremove -q -y vg0/filler >/dev/null' && no_guard_lvs; then ok "no snapshot left, nothing merging"; else bad "snapshots or a merge left"; g 'lvs -a vg0' | sed 's/^/    | /'; fi
+  else bad "reboot"; fi
   stop_vm
 else bad "boot"; fi
 end

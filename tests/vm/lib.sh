@@ -48,7 +48,8 @@ content() {
 guard_snapshots() { lvs --noheadings -o lv_name @guard 2>/dev/null | tr -d ' '; }
 no_guard_snapshots() { [ -z "$(guard_snapshots)" ]; }
 lvs_state() { lvs -a --noheadings -o vg_name,lv_name,lv_attr,lv_size,origin,lv_tags 2>&1; }
-run_id_of() { sed -n 's/.*run \([0-9]\{8\}-[0-9]\{6\}-[0-9a-f]\{4\}\).*/\1/p' "$1" | head -1; }
+# run ids: YYYYMMDD-HHMMSS- and 16 hex digits (4 before 64-bit ids)
+run_id_of() { sed -nE 's/.*run ([0-9]{8}-[0-9]{6}-([0-9a-f]{16}|[0-9a-f]{4}))([^0-9a-f].*)?$/\1/p' "$1" | head -1; }
 fsck_clean() { e2fsck -fn /dev/vg/"$1" >/dev/null 2>&1; }
 # write_mb FILE MIB [sync]: write MIB MiB of zeros in 1 MiB pieces, each one fsynced with "sync"
 # (busybox dd has no oflag=dsync). A program, so that `guard -- sh -c '...'` can call it.

@@ -1,0 +1,317 @@
+//! The fill model: when to extend a snapshot (or thin pool), by how much, when its rollback point
+//! is in danger, and how much of the dirty page cache can still land in it. Pure functions of
+//! numbers, so that each rule has a unit test; the watcher samples and acts.
+use crate::dm::PoolUse;
+use std::time::Duration;
+
+/// The smallest extension worth an lvextend (~0.4 s of suspend and metadata writes).
+pub const MIN_STEP: u64 = 8 << 20;
+/// dm-thin metadata blocks are 4 KiB, whatever the pool's data block size.
+pub const THIN_META_BLOCK: u64 = 4096;
+/// The kernel's default dirty_expire_centisecs: a page dirtied on the origin is written back
+/// (and so lands in the snapshot) within about this long.
+pub const DIRTY_WINDOW: Duration = Duration::from_secs(30);
+
+/// How much of the room there was at the start is used now, in percent. `base` is the use when
+/// the watch began: 0 for a fresh snapshot, the pool's use for a thin pool, which other volumes
+/// share (a pool at 70 % is normal and no reason to grow it).
+pub fn runway_used_pct(size: u64, used: u64, base: u64) -> f64 {
+    let base = base.min(used);
+    let runway = size.saturating_sub(base);
+    if runway == 0 {
+        return 100.0;
+    }
+    (used - base) as f64 * 100.0 / runway as f64
+}
+
+/// The free space kept back for what no sample sees coming: 2 % or 1 MiB.
+fn safety(size: u64) -> f64 {
+    (size as f64 * 0.02).max(1024.0 * 1024.0)
+}
+
+/// Should this item be extended now? When the run has used `extend_at` percent of its runway,
+/// or what can land within the horizon (writes at the observed rate, plus the dirty cache that
+/// can still land here) would not fit, or it is down to its safety margin.
+pub fn needs_extension(
+    size: u64,
+    used: u64,
+    base: u64,
+    rate: f64,
+    dirty: u64,
+    horizon: Duration,
+    extend_at: f64,
+) -> bool {
+    let free = size.saturating_sub(used) as f64;
+    runway_used_pct(size, used, base) >= extend_at
+        || free < rate * horizon.as_secs_f64() * 2.0 + dirty as f64
+        || free < safety(size)
+}
+
+/// How much to add: half the runway (the size, for a snapshot), or what the rate fills in four
+/// horizons, or twice the dirty cache, whichever is most; whole extents; capped by what the VG
+/// has. None: no room at all.
+pub fn extension_step(
+    size: u64,
+    base: u64,
+    rate: f64,
+    dirty: u64,
+    horizon: Duration,
+    extent: u64,
+    vg_free: u64,
+) -> Option<u64> {
+    let extent = extent.max(1);
+    let want = [
+        size.saturating_sub(base) / 2,
+        (rate * horizon.as_secs_f64() * 4.0) as u64,
+        dirty * 2,
+        MIN_STEP,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(MIN_STEP);
+    let want = want.div_ceil(extent) * extent;
+    let room = vg_free / extent * extent;
+    (room > 0).then(|| want.min(room))
+}
+
+/// A thin pool's metadata step: half its size, at least 4 MiB.
+pub fn meta_step(meta_size: u64) -> u64 {
+    (meta_size / 2).max(MIN_STEP / 2)
+}
+
+/// Is the rollback point about to be lost: would the dirty cache plus the next moments of
+/// writing no longer fit?
+pub fn in_danger(size: u64, used: u64, rate: f64, dirty: u64) -> bool {
+    let free = size.saturating_sub(used) as f64;
+    free < dirty as f64 + rate * 0.1 + safety(size)
+}
+
+/// How much of the dirty page cache can still land in this snapshot (or pool) without a new
+/// write. The system's Dirty+Writeback is only an upper bound: a host copying gigabytes to
+/// another disk must not make guard grow every snapshot until the VG is empty. So it counts
+/// only what points at this origin:
+/// - `device`: the origin's own dirty and writeback pages, where the kernel shows them
+///   (debugfs bdi stats);
+/// - `growth`: twice what the snapshot absorbed over the last DIRTY_WINDOW (what an origin's
+///   writers dirtied lands within that window; an origin nobody writes has nothing dirty);
+/// - `unlanded`: what the command's processes dirtied (/proc/PID/io write_bytes, counted when
+///   a page is dirtied) that the snapshot has not absorbed yet: a command that fills the page
+///   cache and exits has written nothing to the snapshot yet.
+pub fn dirty_allowance(system: u64, device: Option<u64>, growth: u64, unlanded: u64) -> u64 {
+    system.min(
+        device
+            .unwrap_or(0)
+            .max(growth.saturating_mul(2))
+            .max(unlanded),
+    )
+}
+
+/// A thin pool's state as its status line tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolState {
+    Writable,
+    /// out_of_data_space: full; the watcher holds or extends as for any full pool.
+    OutOfData,
+    /// ro or needs_check: the metadata cannot be written, so neither can a merge: the rollback
+    /// point is unusable until the pool is repaired.
+    ReadOnly,
+    /// Fail: nothing can be read or merged.
+    Failed,
+}
+
+pub fn pool_state(p: &PoolUse) -> PoolState {
+    if p.failed {
+        PoolState::Failed
+    } else if p.read_only || p.needs_check {
+        PoolState::ReadOnly
+    } else if p.out_of_space {
+        PoolState::OutOfData
+    } else {
+        PoolState::Writable
+    }
+}
+
+/// Room for a merge that LVM defers to the origin's next activation (the origin is in use).
+/// LVM cannot extend a snapshot once its merge is pending (lvextend refuses: "Can't resize
+/// internal logical volume"), yet the origin keeps being written until that activation, maybe a
+/// reboot hours away. So the snapshot is grown before the merge is scheduled: to cover the whole
+/// origin (one exception per chunk at most: it can never fill) when the VG has the room, else as
+/// far as the VG allows. Returns the bytes to add (whole extents) and whether that covers it.
+pub fn merge_room(origin: u64, cow: u64, extent: u64, vg_free: u64) -> (u64, bool) {
+    let extent = extent.max(1);
+    // the data, the exception store (16 bytes a 4 KiB chunk: 1/256 of the origin) and the header;
+    // lvextend trims a request above the snapshot's maximum size
+    let cover = origin + origin / 128 + extent;
+    let want = cover.saturating_sub(cow).div_ceil(extent) * extent;
+    let room = vg_free / extent * extent;
+    (want.min(room), want <= room)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dm::{parse_snapshot, parse_thin_pool, SnapshotUse};
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn extends_at_the_threshold_or_when_the_rate_demands() {
+        let h = Duration::from_secs(1);
+        assert!(!needs_extension(8 * MIB, 2 * MIB, 0, 0.0, 0, h, 50.0));
+        assert!(needs_extension(8 * MIB, 4 * MIB, 0, 0.0, 0, h, 50.0));
+        // 2 MiB used of 8, but 4 MiB/s fills the rest before an lvextend lands
+        assert!(needs_extension(
+            8 * MIB,
+            2 * MIB,
+            0,
+            4.0 * MIB as f64,
+            0,
+            h,
+            50.0
+        ));
+        // or the dirty page cache alone would not fit
+        assert!(needs_extension(8 * MIB, 2 * MIB, 0, 0.0, 7 * MIB, h, 50.0));
+    }
+
+    #[test]
+    fn step_grows_with_the_rate_and_respects_the_vg() {
+        let h = Duration::from_secs(1);
+        let ext = 4 * MIB;
+        assert_eq!(
+            extension_step(8 * MIB, 0, 0.0, 0, h, ext, 1 << 30),
+            Some(8 * MIB)
+        );
+        assert_eq!(
+            extension_step(8 * MIB, 0, 50.0 * MIB as f64, 0, h, ext, 1 << 30),
+            Some(200 * MIB)
+        );
+        assert_eq!(
+            extension_step(8 * MIB, 0, 50.0 * MIB as f64, 0, h, ext, 12 * MIB),
+            Some(12 * MIB)
+        );
+        assert_eq!(extension_step(8 * MIB, 0, 0.0, 0, h, ext, MIB), None);
+    }
+
+    #[test]
+    fn danger_leaves_room_for_the_dirty_cache() {
+        assert!(!in_danger(100 * MIB, 50 * MIB, 0.0, 10 * MIB));
+        assert!(in_danger(100 * MIB, 95 * MIB, 0.0, 4 * MIB));
+        assert!(in_danger(8 * MIB, 7 * MIB + MIB / 2, 0.0, 0));
+    }
+
+    #[test]
+    fn a_pool_already_past_the_threshold_is_not_grown_for_it() {
+        let h = Duration::from_secs(1);
+        let need = |used, base| needs_extension(100 * GIB, used, base, 0.0, 0, h, 50.0);
+        // 70 % used before the run: no extension on the first sample (the old rule grew it by
+        // half at once, for every thin run)
+        assert!(!need(70 * GIB, 70 * GIB));
+        // the run itself used half of the 30 GiB that were free: now it is time
+        assert!(!need(84 * GIB, 70 * GIB));
+        assert!(need(85 * GIB, 70 * GIB));
+        // and the step is half of the runway, not half of the pool
+        assert_eq!(
+            extension_step(100 * GIB, 70 * GIB, 0.0, 0, h, 4 * MIB, 1 << 40),
+            Some(15 * GIB)
+        );
+        // a pool at its last 1 % is extended whatever the baseline says
+        assert!(need(99 * GIB, 99 * GIB));
+        // a fresh snapshot's baseline is 0: the rule is the old one
+        assert_eq!(runway_used_pct(8 * MIB, 4 * MIB, 0), 50.0);
+        assert_eq!(runway_used_pct(0, 0, 0), 100.0);
+    }
+
+    #[test]
+    fn metadata_counts_like_data() {
+        // 4 MiB of pool metadata, 3.9 MiB used: in danger like a full data device
+        let meta = 1024 * THIN_META_BLOCK;
+        assert!(in_danger(meta, 1000 * THIN_META_BLOCK, 0.0, 0));
+        assert!(!in_danger(meta, 100 * THIN_META_BLOCK, 0.0, 0));
+        assert_eq!(meta_step(meta), 4 * MIB);
+        assert_eq!(meta_step(64 * MIB), 32 * MIB);
+    }
+
+    #[test]
+    fn system_dirty_memory_without_growth_of_this_snapshot_extends_nothing() {
+        let h = Duration::from_secs(1);
+        // 6 GiB dirty on the host (a copy to another disk); this snapshot did not grow, the
+        // origin shows nothing dirty, the command dirtied nothing
+        let dirty = dirty_allowance(6 * GIB, None, 0, 0);
+        assert_eq!(dirty, 0);
+        assert!(!needs_extension(64 * MIB, MIB, 0, 0.0, dirty, h, 50.0));
+        assert!(!in_danger(64 * MIB, MIB, 0.0, dirty));
+        // the old rule charged all of it to this snapshot: extend, and when the VG is empty,
+        // freeze a nearly empty snapshot
+        assert!(needs_extension(64 * MIB, MIB, 0, 0.0, 6 * GIB, h, 50.0));
+        assert!(in_danger(64 * MIB, MIB, 0.0, 6 * GIB));
+    }
+
+    #[test]
+    fn dirty_memory_that_points_at_this_origin_still_counts() {
+        // the origin's own dirty pages, where the kernel shows them
+        assert_eq!(dirty_allowance(6 * GIB, Some(100 * MIB), 0, 0), 100 * MIB);
+        // a command that dirtied 100 MiB the snapshot has not absorbed yet
+        assert_eq!(dirty_allowance(6 * GIB, None, 0, 100 * MIB), 100 * MIB);
+        // an origin written steadily: twice what landed in the window
+        assert_eq!(dirty_allowance(6 * GIB, None, 10 * MIB, 0), 20 * MIB);
+        // never more than the system has dirty
+        assert_eq!(dirty_allowance(50 * MIB, Some(100 * MIB), 0, 0), 50 * MIB);
+    }
+
+    #[test]
+    fn pool_status_flags_are_read() {
+        // captured in the VM (lvm2 2.03.16, kernel 6.1), and the modes the kernel documents
+        let p = |s: &str| pool_state(&parse_thin_pool(s).unwrap());
+        assert_eq!(
+            p("2 113/1024 78/640 - rw discard_passdown queue_if_no_space - 256"),
+            PoolState::Writable
+        );
+        assert_eq!(
+            p("2 113/1024 640/640 - out_of_data_space discard_passdown queue_if_no_space - 256"),
+            PoolState::OutOfData
+        );
+        assert_eq!(
+            p("9 1024/1024 300/640 - ro discard_passdown queue_if_no_space needs_check 256"),
+            PoolState::ReadOnly
+        );
+        assert_eq!(
+            p("9 200/1024 300/640 - ro no_discard_passdown error_if_no_space - 256"),
+            PoolState::ReadOnly
+        );
+        assert_eq!(p("Fail"), PoolState::Failed);
+        // a failed pool is not "0 % used": it has no use to read
+        assert!(parse_thin_pool("Fail").unwrap().failed);
+    }
+
+    #[test]
+    fn merging_snapshot_status_reads_like_a_snapshot() {
+        // snapshot-merge reports as snapshot does: <allocated>/<total> <metadata> sectors
+        assert_eq!(
+            parse_snapshot("2048/16384 16"),
+            SnapshotUse::Used {
+                allocated: 2048,
+                total: 16384,
+                metadata: 16
+            }
+        );
+        assert_eq!(parse_snapshot("Overflow"), SnapshotUse::Invalid);
+        assert_eq!(parse_snapshot("Merge failed"), SnapshotUse::Other);
+    }
+
+    #[test]
+    fn a_deferred_merge_gets_room_for_the_whole_origin_when_the_vg_has_it() {
+        let ext = 4 * MIB;
+        // 200 MiB origin, 8 MiB snapshot, plenty free: grown to cover the origin
+        let (add, covered) = merge_room(200 * MIB, 8 * MIB, ext, GIB);
+        assert!(covered);
+        assert!(8 * MIB + add >= 200 * MIB + 200 * MIB / 256);
+        assert_eq!(add % ext, 0);
+        // only 40 MiB free: all of it, and it does not cover
+        assert_eq!(
+            merge_room(200 * MIB, 8 * MIB, ext, 40 * MIB),
+            (40 * MIB, false)
+        );
+        // already covering: nothing to do
+        assert_eq!(merge_room(200 * MIB, 260 * MIB, ext, GIB), (0, true));
+    }
+}

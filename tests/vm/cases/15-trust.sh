@@ -1,0 +1,163 @@
+# Trust (issue 11): guard's own failure modes. Each case failed before its fix.
+
+# Item 3: a merge that fails is not "rolled back"; the snapshot is kept and a retry finishes it.
+# The failure is real lvm2 behaviour: an origin that already has a merging snapshot (the
+# operator's own, pending) refuses a second merge.
+begin failed_merge_is_partial_kept_and_retried
+mkfs_lv a 64M /mnt/a
+guard --lv vg/a --on-failure keep -- sh -c 'echo broken > /mnt/a/f; sync; exit 1' > out 2>&1
+run=$(run_id_of out)
+lvcreate -q -y -s -L 8M -n mine vg/a >/dev/null 2>&1
+lvconvert -q --merge vg/mine > merge.out 2>&1
+guard rollback "$run" > rb 2>&1; rc=$?
+check "guard rollback RUN fails (non-zero)" [ "$rc" != 0 ]
+check_out "it says the merge failed" rb "vg/a: the merge failed"
+check_out "and that a retry finishes it" rb "snapshots are kept.*guard rollback $run. retries"
+check "the journal keeps the run rolling back, target failed" sh -c "grep -q '\"phase\": \"rolling-back\"' /var/lib/guard/runs/$run.json && grep -q '\"rollback\": \"failed\"' /var/lib/guard/runs/$run.json"
+check "guard's snapshot is kept (the rollback point)" lvs "vg/a-guard-$run"
+guard status > st 2>&1
+check_out "status does not call it done" st "rolling"
+# the operator's merge completes at reactivation; then the retry merges guard's snapshot
+umount /mnt/a; lvchange -q -an vg/a; lvchange -q -ay vg/a
+i=0; while lvs vg/mine >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+guard rollback "$run" > rb2 2>&1; rc=$?
+check_eq "the retry exits 0" "$rc" 0
+check_eq "the original bytes are back" "$(content a)" original
+check "no guard snapshot left" no_guard_snapshots
+check "journal: done" grep -q '"phase": "done"' /var/lib/guard/runs/$run.json
+end
+
+# Item 4: a journal that cannot be written after the command (its filesystem is full) must not
+# turn a success into "nothing was changed" and a timer-driven rollback.
+begin full_journal_keeps_the_decision
+mkfs_lv a 64M /mnt/a
+mkdir -p /tmp/st; mount -t tmpfs -o size=256k tmpfs /tmp/st
+export GUARD_STATE_DIR=/tmp/st GUARD_RUN_DIR=/tmp/w/rundir
+guard --lv vg/a -- sh -c 'echo new > /mnt/a/f; sync; dd if=/dev/zero of=/tmp/st/fill bs=4k 2>/dev/null; exit 0' > out 2>&1; rc=$?
+run=$(run_id_of out)
+check_eq "the command's success passes through (0)" "$rc" 0
+check_out "guard says where the record went" out "recorded under /tmp/w/rundir"
+check_eq "the change is kept" "$(content a)" new
+check "no guard snapshot left (committed)" no_guard_snapshots
+lvs_state > before
+guard recover --expire > exp 2>&1
+lvs_state > after
+check "the expiry timer changes nothing" cmp -s before after
+check_eq "the change is still there" "$(content a)" new
+rm -f /tmp/st/fill
+guard recover > rec 2>&1
+check "recover moves the record into the journal" grep -q '"phase": "done"' /tmp/st/runs/$run.json
+check "and drops the interim copy" [ ! -e /tmp/w/rundir/runs/$run.json ]
+unset GUARD_STATE_DIR GUARD_RUN_DIR
+umount /tmp/st
+end
+
+# Item 4: the expiry timer never resolves a run whose outcome is unknown; the operator does.
+begin expiry_timer_leaves_a_dead_running_run_alone
+mkfs_lv a 64M /mnt/a
+guard --lv vg/a -- sh -c 'echo new > /mnt/a/f; sync; echo $$ > /tmp/w/cpid; touch /tmp/w/started; exec sleep 30' > out 2>&1 &
+gp=$!
+i=0; while [ ! -e /tmp/w/started ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+run=$(run_id_of out)
+kill -9 $gp; kill -9 "$(cat /tmp/w/cpid)"; wait $gp 2>/dev/null; sleep 0.3
+lvs_state > before
+guard recover --expire > exp 2>&1
+lvs_state > after
+check "the expiry timer leaves it (lvs unchanged)" cmp -s before after
+check_out "and says who resolves it" exp "left for .guard recover."
+check "the snapshot is still there" lvs "vg/a-guard-$run"
+guard recover > rec 2>&1
+check_out "guard recover rolls it back" rec "run $run: rolled back"
+guard rollback --finish "$run" > fin 2>&1
+check_eq "the original bytes are back" "$(content a)" original
+end
+
+# Item 13: a run id is not a path, and a record is checked against the LVs' tags before acting.
+begin run_ids_are_not_paths_and_records_must_match_tags
+mkfs_lv a 64M; mkfs_lv b 64M
+mkdir -p /tmp/x
+cat > /tmp/x/evil.json <<J
+{"schema":1,"id":"evil","started":"","updated":"","command":["x"],"guard_pid":0,"guard_start":0,"child_pid":null,"child_start":null,"phase":"kept","on_failure":"keep","on_success":"keep","keep_until":null,"outcome":null,"exit_status":null,"reason":null,"final_state":"kept","targets":[{"vg":"vg","lv":"a","snapshot":"b","thin":false,"cow_bytes":null,"mountpoints":[]}]}
+J
+lvs_state > before
+guard commit ../../../../tmp/x/evil > o1 2>&1; rc1=$?
+guard rollback ../../../../tmp/x/evil > o2 2>&1; rc2=$?
+lvs_state > after
+check_eq "commit of a path-like id is refused (125)" "$rc1" 125
+check_eq "rollback of a path-like id is refused (125)" "$rc2" 125
+check_out "the error names the bad id" o1 "not a run id"
+check "lvs unchanged, vg/b still there" cmp -s before after
+# a real kept run whose record is edited to name another LV
+guard --lv vg/a --on-success keep -- true > out 2>&1; run=$(run_id_of out)
+sed -i "s/\"snapshot\": \"a-guard-$run\"/\"snapshot\": \"b\"/" /var/lib/guard/runs/$run.json
+lvs_state > before
+guard commit "$run" > o3 2>&1; rc3=$?
+lvs_state > after
+check_eq "a record naming an LV guard did not tag is refused (125)" "$rc3" 125
+check_out "the error says why" o3 "vg/b is not guard's snapshot of vg/a for run $run"
+check "lvs unchanged, vg/b still there" cmp -s before after
+end
+
+# Item 11: a filesystem mounted twice (a bind mount of a subfolder) is frozen once, and
+# `guard rollback --finish` mounts it again as it was: the bind as a bind of the same
+# subfolder with its own flags, the filesystem with its superblock options.
+wait_frozen() { i=0; while [ $i -lt 150 ]; do grep -q '"frozen": \[$' /var/lib/guard/runs/*.json 2>/dev/null && return 0; sleep 0.2; i=$((i+1)); done; return 1; }
+is_frozen() { ( echo probe > "$1/probe.$$" ) 2>/dev/null & p=$!; sleep 1; kill -0 $p 2>/dev/null; }
+mnt_field() { awk -v mp="$1" -v f="$2" '$5 == mp {print $f}' /proc/self/mountinfo | tail -1; }
+begin a_filesystem_mounted_twice_is_frozen_once
+mkfs_lv data 200M /mnt/data
+mkdir -p /mnt/data/sub /mnt/bind; mount --bind /mnt/data/sub /mnt/bind
+lvcreate -q -y -l 100%FREE -n filler vg >/dev/null; lvreduce -q -y -L -8M vg/filler >/dev/null
+guard --lv vg/data --size 8M -- sh -c 'write_mb /mnt/data/big 100 sync; exit 0' > out 2>&1 &
+gpid=$!
+check "guard froze the filesystem" wait_frozen
+run=$(run_id_of out)
+check "the filesystem really is frozen (not thawed by a second FIFREEZE's EBUSY)" is_frozen /mnt/data
+check_out "guard says it froze it" out "froze /mnt/"
+guard rollback "$run" > out2 2>&1
+wait $gpid; rc=$?
+check "the command was stopped (non-zero)" [ "$rc" != 0 ]
+check "thawed: writes work again" sh -c 'echo ok > /mnt/data/after'
+end
+
+begin finish_mounts_a_bind_mount_and_superblock_options_as_they_were
+mkfs_lv data 64M
+mkdir -p /mnt/data /mnt/bind; mount -o errors=remount-ro /dev/vg/data /mnt/data
+mkdir -p /mnt/data/sub; echo inside > /mnt/data/sub/g; sync
+mount --bind /mnt/data/sub /mnt/bind; mount -o remount,bind,ro /mnt/bind
+guard --lv vg/data -- sh -c 'echo broken > /mnt/data/f; sync; exit 1' > out 2>&1
+run=$(run_id_of out)
+guard rollback --finish "$run" > out3 2>&1; rc=$?
+check_eq "rollback --finish exits 0" "$rc" 0
+check_eq "original bytes back" "$(content data)" original
+check_eq "the bind mount is a bind of /sub again" "$(mnt_field /mnt/bind 4)" /sub
+bopts=$(mnt_field /mnt/bind 6)
+check "the bind mount is read-only again ($bopts)" [ "${bopts%%,*}" = ro ]
+check_eq "the bind shows the subfolder's file" "$(cat /mnt/bind/g 2>&1)" inside
+check "the filesystem keeps errors=remount-ro" grep -q ' /mnt/data .*errors=remount-ro' /proc/self/mountinfo
+check "no guard snapshot left" no_guard_snapshots
+end
+
+# Item 7: commands that change a run take its lock: a commit while a rollback of the same run
+# is under way is refused (naming the holder), recover leaves the run alone, and the run ends
+# wholly rolled back.
+begin commands_on_one_run_never_interleave
+mkfs_lv a 64M; mkfs_lv b 64M
+guard --lv vg/a --lv vg/b --on-success keep -- sh -c 'for l in a b; do mkdir -p /mnt/$l; mount /dev/vg/$l /mnt/$l; echo new > /mnt/$l/f; umount /mnt/$l; done' > out 2>&1
+run=$(run_id_of out)
+GUARD_TEST_FAULT="pause:before-merge-2:6" guard rollback "$run" > rb 2>&1 &
+rp=$!
+i=0; while ! grep -q "pausing at before-merge-2" rb && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+lvs_state > before
+guard commit "$run" > c 2>&1; rc=$?
+guard recover > rec 2>&1
+lvs_state > after
+check_eq "a commit meanwhile is refused (125)" "$rc" 125
+check_out "naming the command that holds the run" c "run $run is in use by another guard command \(pid $rp"
+check_out "recover leaves it alone" rec "run $run: in use by another guard command, left alone"
+check "neither changed anything" cmp -s before after
+wait $rp; check_eq "the rollback finishes (0)" "$?" 0
+check_eq "a rolled back" "$(content a)" original
+check_eq "b rolled back" "$(content b)" original
+check "no guard snapshot left" no_guard_snapshots
+end
