@@ -281,7 +281,7 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         wait: a.wait,
         json: a.json,
         report_file: a.report.clone(),
-        finish: a.finish,
+        finish: a.finish || p.finish.unwrap_or(false),
         watch: crate::watcher::WatchConfig {
             extend_at,
             when_full: a
@@ -555,24 +555,48 @@ fn rollback_cmd(
     use crate::journal::Phase;
     match rec.phase {
         Phase::Kept | Phase::Decided | Phase::RollingBack => {
-            if !finish {
-                crate::keepwatch::room_for_deferred_merges(lvm, rec);
+            let todo = rollback::rollback_with_hooks(lvm, journal, rec, finish)?;
+            for t in &todo {
+                ui::say(&format!("to do: {t}"));
             }
-            let todo = rollback::rollback_with_hooks(lvm, journal, rec)?;
-            if finish && rec.phase == Phase::RollbackScheduled {
-                rollback::finish(lvm, journal, rec)?;
-            } else {
-                for t in todo {
-                    ui::say(&format!("to do: {t}"));
-                }
-                if rec.phase == Phase::RollbackScheduled {
-                    crate::keepwatch::hand_off(&rec.id);
-                }
+            if rec.phase == Phase::RollbackScheduled {
+                crate::keepwatch::hand_off(&rec.id);
             }
             Ok(0)
         }
         Phase::RollbackScheduled if finish => {
-            rollback::finish(lvm, journal, rec)?;
+            let left = rollback::finish(lvm, journal, rec)?;
+            if !left.busy.is_empty() {
+                return Err(Error::refused(
+                    left.busy.join("\n"),
+                    "stop what holds the mount points (the policy's pre_rollback hooks name the services), then run this again",
+                ));
+            }
+            if rec.phase == Phase::RollbackScheduled && !left.root.is_empty() {
+                return Err(Error::refused(
+                    left.root.join("\n"),
+                    "reboot: the merge completes when the root volume is activated at boot",
+                ));
+            }
+            if let Some(t) = rec
+                .targets
+                .iter()
+                .find(|t| t.rollback == Some(crate::model::TargetState::Impossible))
+            {
+                return Err(Error::Other(format!(
+                    "{}/{} cannot be rolled back: {}",
+                    t.vg,
+                    t.lv,
+                    t.note.as_deref().unwrap_or("its snapshot is gone")
+                )));
+            }
+            // the services the policy stops around a rollback start again on the merged data
+            let env = crate::hooks::HookEnv::for_record(rec);
+            crate::hooks::run_point_reporting(
+                &rollback::policy_hooks(rec),
+                crate::hooks::HookPoint::PostRollback,
+                &env,
+            );
             Ok(0)
         }
         Phase::RollbackScheduled => {

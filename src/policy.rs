@@ -96,6 +96,9 @@ pub struct RunSection {
     pub on_failure: Option<crate::transaction::OnFailure>,
     pub on_success: Option<crate::transaction::OnSuccess>,
     pub keep: Option<String>,
+    /// On a rollback of mounted volumes (not /): after the pre_rollback hooks, unmount them,
+    /// complete the merge, mount them again, and only then run post_rollback.
+    pub finish: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +147,7 @@ pub struct Policy {
     pub on_failure: Option<crate::transaction::OnFailure>,
     pub on_success: Option<crate::transaction::OnSuccess>,
     pub keep: Option<Duration>,
+    pub finish: Option<bool>,
     pub hooks: Vec<HookSpec>,
     pub checks: Vec<CheckSpec>,
 }
@@ -503,6 +507,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         on_failure: f.run.on_failure,
         on_success: f.run.on_success,
         keep: duration(origin, text, "keep", &f.run.keep)?,
+        finish: f.run.finish,
         hooks,
         checks,
     })
@@ -680,6 +685,7 @@ pub struct Effective {
     pub on_failure: String,
     pub on_success: String,
     pub keep_seconds: Option<f64>,
+    pub finish: bool,
     pub hooks: Vec<serde_json::Value>,
     pub checks: Vec<serde_json::Value>,
 }
@@ -717,6 +723,7 @@ pub fn effective(p: &Policy, o: &crate::transaction::RunOptions) -> Effective {
         on_failure: format!("{:?}", o.on_failure).to_lowercase(),
         on_success: format!("{:?}", o.on_success).to_lowercase(),
         keep_seconds: s(o.keep),
+        finish: o.finish,
         hooks: o
             .hooks
             .iter()
@@ -805,6 +812,14 @@ pub fn effective_text(e: &Effective) -> String {
         t += &format!(" (keep {})", d(e.keep_seconds));
     }
     t += "\n";
+    t += &format!(
+        "  finish:       {}\n",
+        if e.finish {
+            "yes: a rollback of mounted volumes (not /) completes before post_rollback (unmount, merge, mount again)"
+        } else {
+            "no: a rollback of a mounted volume completes at its next activation"
+        }
+    );
     for h in &e.hooks {
         t += &format!(
             "  hook {:<13} {} ({})\n",

@@ -286,7 +286,7 @@ fn recover_run(
         }
         Phase::Decided => apply(lvm, journal, rec, sum)?,
         Phase::RollingBack => {
-            rollback::rollback_with_hooks(lvm, journal, rec)?;
+            rollback::rollback_with_hooks(lvm, journal, rec, false)?;
             sum.did(format!("run {id}: rollback resumed"));
             report_scheduled(rec, sum);
         }
@@ -335,7 +335,7 @@ fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summar
             "run {id}: the command had succeeded; snapshots removed"
         ));
     } else {
-        rollback::rollback_with_hooks(lvm, journal, rec)?;
+        rollback::rollback_with_hooks(lvm, journal, rec, false)?;
         sum.did(format!(
             "run {id}: rolled back ({})",
             rec.reason.as_deref().unwrap_or("failure")
@@ -384,6 +384,15 @@ fn finish_scheduled(
             continue;
         };
         if origin.merging {
+            // An invalidated snapshot can never be merged: the change stays. Say so, once, and
+            // never wait for a merge that cannot end (at boot that would hold the boot up).
+            if let Some(why) = rollback::merge_ended_badly(lvs, t) {
+                sum.failed(format!("{name}: {why}; the change stays"));
+                t.rollback = Some(TargetState::Impossible);
+                t.note = Some(why);
+                rollback::drop_dead_merge(lvm, t, &tag);
+                continue;
+            }
             if !lvm.merge_in_progress(origin)? {
                 sum.saw(format!(
                     "{name}: rollback still waits for the next activation ({})",

@@ -72,17 +72,30 @@ pub fn policy_hooks(rec: &RunRecord) -> Vec<crate::hooks::HookSpec> {
     }
 }
 
-/// Rolls the run back with its policy's pre_rollback and post_rollback hooks around the merge.
+/// Rolls the run back with its policy's pre_rollback and post_rollback hooks around the merge;
+/// with `finish`, mounted volumes (not /) are completed before post_rollback, and a busy one
+/// holds post_rollback back (it would start services on data about to be discarded).
 pub fn rollback_with_hooks(
     lvm: &dyn Lvm,
     journal: &Journal,
     rec: &mut RunRecord,
+    finish: bool,
 ) -> Result<Vec<String>> {
     use crate::hooks::{run_point_reporting, HookEnv, HookPoint};
     let hooks = policy_hooks(rec);
     let env = HookEnv::for_record(rec);
     run_point_reporting(&hooks, HookPoint::PreRollback, &env);
-    let todo = rollback_run(lvm, journal, rec)?;
+    crate::keepwatch::room_for_deferred_merges(lvm, rec);
+    let mut todo = rollback_run(lvm, journal, rec)?;
+    if finish && rec.phase == Phase::RollbackScheduled {
+        let left = self::finish(lvm, journal, rec)?;
+        let busy = !left.busy.is_empty();
+        todo = scheduled_todo(rec, left);
+        if busy {
+            ui::warn("post_rollback hooks not run: they would start the services again on data the scheduled rollback is about to discard");
+            return Ok(todo);
+        }
+    }
     run_point_reporting(&hooks, HookPoint::PostRollback, &env);
     Ok(todo)
 }
@@ -292,7 +305,8 @@ fn run_prog(name: &str, args: &[&str]) -> Result<()> {
 
 /// Completes the deferred merges of a run now: unmount the origins' mount points, reactivate,
 /// wait for the merge, mount again. Refuses for `/`, which only a reboot can close.
-pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<()> {
+pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<Unfinished> {
+    let mut left = Unfinished::default();
     let lvs = lvm.lvs()?;
     let table = mounts::read()?;
     let id = rec.id.clone();
@@ -322,12 +336,13 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
         // start a merge that never ends
         if !t.thin && kernel_says_invalid(&t.vg, &t.snapshot) {
             let why = format!(
-                "snapshot {}/{} was invalidated before its merge could complete: the rollback point is lost (remove it with `lvremove -f {}/{}`)",
-                t.vg, t.snapshot, t.vg, t.snapshot
+                "snapshot {}/{} was invalidated before its merge could complete: the rollback point is lost, the change stays",
+                t.vg, t.snapshot
             );
             ui::error(&format!("{name}: {why}"));
             t.rollback = Some(TargetState::Impossible);
             t.note = Some(why);
+            drop_dead_merge(lvm, t, &tag);
             continue;
         }
         let mounted = origin
@@ -335,24 +350,41 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
             .map(|d| mounts::of_device(&table, d))
             .unwrap_or_default();
         if mounted.iter().any(|m| m.mountpoint == Path::new("/")) {
-            return Err(Error::refused(
-                format!("{name} holds /, which cannot be unmounted while the system runs"),
-                "reboot: the merge completes when the root volume is activated at boot",
+            // never unmounted: its rollback stays "at the next boot"
+            left.root.push(format!(
+                "{name} holds /, which cannot be unmounted while the system runs: reboot to complete its rollback"
             ));
+            continue;
         }
         let mut unmounted = Vec::new();
+        let mut busy = None;
         for m in &mounted {
             let mp = m.mountpoint.to_string_lossy().into_owned();
             if let Err(e) = run_prog("umount", &[&mp]) {
-                for e in remount_all(origin, &unmounted) {
-                    ui::warn(&e);
-                }
-                return Err(Error::refused(
-                    format!("cannot unmount {mp} to finish the rollback of {name}: {e}"),
-                    format!("stop what uses it (see `fuser -vm {mp}`), then run `guard rollback --finish {id}` again"),
-                ));
+                busy = Some((m.mountpoint.clone(), e));
+                break;
             }
             unmounted.push(m.clone());
+        }
+        if let Some((mp, e)) = busy {
+            // mounted again as it was: whatever holds it goes on working on the current data,
+            // and the rollback stays scheduled
+            for e in remount_all(origin, &unmounted) {
+                ui::warn(&e);
+            }
+            let who = origin.kernel_dev.map(holders_of).unwrap_or_default();
+            let who = if who.is_empty() {
+                format!("umount said: {e}")
+            } else {
+                format!("held by {}", who.join(", "))
+            };
+            let line = format!(
+                "{name}: {} is busy ({who}); its rollback stays scheduled: stop those, then `guard rollback --finish {id}` (or reboot)",
+                mp.display()
+            );
+            ui::error(&line);
+            left.busy.push(line);
+            continue;
         }
         ui::say(&format!("{name}: reactivating to run the merge"));
         let merged = lvm
@@ -378,7 +410,87 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
     {
         rec.phase = Phase::Done;
     }
-    journal.write(rec)
+    journal.write(rec)?;
+    Ok(left)
+}
+
+/// A merge that can never run (its snapshot was invalidated) leaves the origin flagged as
+/// merging at every activation: remove the dead snapshot and the merge tag, so that the volume
+/// is an ordinary one again, holding the change.
+pub fn drop_dead_merge(lvm: &dyn Lvm, t: &TargetRecord, tag: &str) {
+    let name = format!("{}/{}", t.vg, t.lv);
+    match lvm.remove(&t.vg, &t.snapshot) {
+        Ok(_) => ui::say(&format!(
+            "{name}: removed the dead snapshot {}/{}",
+            t.vg, t.snapshot
+        )),
+        Err(e) => ui::warn(&format!(
+            "{name}: cannot remove the dead snapshot {}/{} ({e}): remove it with `lvremove -f {}/{}`",
+            t.vg, t.snapshot, t.vg, t.snapshot
+        )),
+    }
+    let _ = lvm.del_tag(&t.vg, &t.lv, tag);
+}
+
+/// What is left to do after a finish: the busy mount points (with their holders), and how
+/// every target still scheduled completes.
+pub fn scheduled_todo(rec: &RunRecord, left: Unfinished) -> Vec<String> {
+    let mut todo = left.busy;
+    for t in rec
+        .targets
+        .iter()
+        .filter(|t| t.rollback == Some(TargetState::Scheduled))
+    {
+        let name = format!("{}/{}", t.vg, t.lv);
+        if !todo.iter().any(|l| l.starts_with(&format!("{name}:"))) {
+            todo.push(format!(
+                "{name}: rollback completes {}",
+                completes_by(t, &rec.id)
+            ));
+        }
+    }
+    todo
+}
+
+/// What `finish` could not complete now.
+#[derive(Debug, Default)]
+pub struct Unfinished {
+    /// Mount points still in use, with their holders and what to do: one line each.
+    pub busy: Vec<String>,
+    /// Targets holding /, which complete at the next boot.
+    pub root: Vec<String>,
+}
+
+/// The processes using a filesystem (as `fuser -vm` shows them): any open file, working
+/// folder, root or program on device `dev`. "PID (COMMAND)" each.
+pub fn holders_of(dev: (u32, u32)) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let want = libc::makedev(dev.0, dev.1);
+    let on_dev = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.dev() == want);
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let base = e.path();
+        let mut uses = ["cwd", "root", "exe"].iter().any(|l| on_dev(&base.join(l)));
+        if !uses {
+            if let Ok(fds) = std::fs::read_dir(base.join("fd")) {
+                uses = fds.flatten().any(|f| on_dev(&f.path()));
+            }
+        }
+        if uses {
+            let comm = std::fs::read_to_string(base.join("comm")).unwrap_or_default();
+            out.push(format!("pid {pid} ({})", comm.trim()));
+        }
+    }
+    out
 }
 
 /// A deferred merge that is no longer running: did it end with the data merged? A snapshot

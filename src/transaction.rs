@@ -566,6 +566,9 @@ fn apply_decision(
         on_failure == OnFailure::Keep
     };
     let id = rec.id.clone();
+    // set when a finish found a mount point busy: the post_rollback hooks would start the
+    // services again on data that the scheduled merge is about to discard
+    let mut hold_post = false;
     let result = if keep {
         keep_run(journal, rec, opts.keep)
     } else if success {
@@ -579,21 +582,26 @@ fn apply_decision(
                 invalid: it.invalid,
             })
             .collect();
-        if !opts.finish {
-            crate::keepwatch::room_for_deferred_merges(lvm, rec);
-        }
+        // also with finish: a busy mount point (or /) leaves its merge scheduled after all
+        crate::keepwatch::room_for_deferred_merges(lvm, rec);
         rollback::rollback_with(lvm, journal, rec, Some(&known)).and_then(|todo| {
-            if opts.finish && rec.phase == Phase::RollbackScheduled {
-                rollback::finish(lvm, journal, rec)?;
-                return Ok(vec![]);
-            }
+            let todo = if opts.finish && rec.phase == Phase::RollbackScheduled {
+                let left = rollback::finish(lvm, journal, rec)?;
+                hold_post = !left.busy.is_empty();
+                rollback::scheduled_todo(rec, left)
+            } else {
+                todo
+            };
             if rec.phase == Phase::RollbackScheduled {
                 crate::keepwatch::hand_off(&rec.id);
             }
             Ok(todo)
         })
     };
-    if result.is_ok() {
+    if hold_post {
+        ui::warn("post_rollback hooks not run: they would start the services again on data the scheduled rollback is about to discard");
+    }
+    if result.is_ok() && !hold_post {
         // a failure whose snapshots are kept has no hook point: nothing was decided yet
         let point = match (success, keep) {
             (true, _) => Some(HookPoint::PostSuccess),

@@ -954,8 +954,15 @@ impl Watcher {
                 } else {
                     let pg = self.pgid.unwrap_or(0);
                     let run = &self.run_id;
+                    // lvm archives its metadata under /etc/lvm: with / frozen a plain vgextend
+                    // or lvremove would block there like any other writer
+                    let nb = if crate::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
+                        " --config 'backup{backup=0 archive=0}'"
+                    } else {
+                        ""
+                    };
                     ui::warn(&format!(
-                        "{name}: {what} and volume group {vg} has no free space.\n  To keep the rollback point guard {frozen_what} and stopped the command (process group {pg}).\n  Free space in {vg} (vgextend {vg} DISK, or remove an LV), then: guard resume {run}\n  Or undo the change: guard rollback {run}"
+                        "{name}: {what} and volume group {vg} has no free space.\n  To keep the rollback point guard {frozen_what} and stopped the command (process group {pg}).\n  Free space in {vg} (vgextend{nb} {vg} DISK, or lvremove{nb} of an LV), then: guard resume {run}\n  Or undo the change: guard rollback {run} (with free space in {vg} first, the rollback is safe until it completes)"
                     ));
                 }
             }

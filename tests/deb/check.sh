@@ -21,6 +21,7 @@ for p in apt dnf kernel-upgrade mysql postgresql deploy; do want -rw-r--r-- "usr
 want -rw-r--r-- lib/systemd/system/guard-recover.service
 want -rw-r--r-- lib/systemd/system/guard-expire.service
 want -rw-r--r-- lib/systemd/system/guard-expire.timer
+want -rw-r--r-- lib/systemd/system/guard-watch.service
 want -rw-r--r-- usr/lib/tmpfiles.d/guard.conf
 # /run/lock/guard made at boot, root's and 0700: no other user can make it first
 if dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/lib/tmpfiles.d/guard.conf | grep -qxE 'd +/run/lock/guard +0700 +root +root +-'; then echo "  ok: tmpfiles.d makes /run/lock/guard 0700 root root"; else echo "  not ok: tmpfiles.d entry for /run/lock/guard"; bad=1; fi

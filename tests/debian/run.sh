@@ -243,7 +243,7 @@ if start_vm; then
   ssh -q -M -S "$ctl" -fN -i "$CACHE/id_ed25519" -p "$PORT" -o StrictHostKeyChecking=no \
     -o UserKnownHostsFile=/dev/null -o BatchMode=yes root@127.0.0.1
   gm() { timeout "$1" ssh -q -S "$ctl" -p "$PORT" root@127.0.0.1 "${@:2}"; }
-  g 'lvcreate -q -y -l 100%FREE -n filler vg0 >/dev/null && lvreduce -q -y -L -12M vg0/filler >/dev/null; echo before > /root/marker; sync'
+  g 'lvcreate -q -y -l 100%FREE -n filler vg0 >/dev/null && lvreduce -q -y -L -24M vg0/filler >/dev/null; echo before > /root/marker; sync'
   g 'guard --policy apt --size 16M -- sh -c "echo during > /root/marker; i=0; while [ \$i -lt 400 ]; do dd if=/dev/zero of=/root/big bs=1M count=1 seek=\$i conv=notrunc oflag=dsync 2>/dev/null; i=\$((i+1)); done"' > "$W/out" 2>&1 &
   gp=$!
   for _ in $(seq 1 150); do grep -q "froze /" "$W/out" && break; sleep 1; done
@@ -252,6 +252,11 @@ if start_vm; then
   gm 60 'guard status' > "$W/status" 2>&1; rc=$?
   check_eq "guard status answers during the hold" "$rc" 0
   check_out "and shows the run" "$W/status" "$run"
+  check_out "guard says how to free space while / is frozen" "$W/out" "backup\\{backup=0 archive=0\\}"
+  # the operator frees space as guard says (a plain lvremove would block archiving on /), then
+  # rolls back: the snapshot gets room for all of / before the merge is scheduled
+  gm 60 "lvremove -q -y --config 'backup{backup=0 archive=0}' vg0/filler" > "$W/lvremove" 2>&1; rc=$?
+  check_eq "lvremove as guard says answers during the hold" "$rc" 0
   gm 60 "guard rollback $run" > "$W/rb" 2>&1; rc=$?
   check_eq "guard rollback RUN answers during the hold" "$rc" 0
   for _ in $(seq 1 120); do kill -0 "$gp" 2>/dev/null || break; sleep 1; done
@@ -262,7 +267,9 @@ if start_vm; then
   ssh -q -S "$ctl" -O exit -p "$PORT" root@127.0.0.1 2>/dev/null
   if reboot_vm; then
     check_eq "after the reboot / is as before the run" "$(g 'cat /root/marker; test -e /root/big && echo big')" before
-    if g 'lvremove -q -y vg0/filler >/dev/null' && no_guard_lvs; then ok "no snapshot left, nothing merging"; else bad "snapshots or a merge left"; g 'lvs -a vg0' | sed 's/^/    | /'; fi
+    if no_guard_lvs; then ok "no snapshot left, nothing merging"; else bad "snapshots or a merge left"; g 'lvs -a vg0' | sed 's/^/    | /'; fi
+    g 'journalctl -b -o cat -u guard-recover.service' > "$W/recover" 2>&1
+    check_out "guard-recover at boot reports the completed rollback" "$W/recover" "vg0/root: rollback of run $run completed"
   else bad "reboot"; fi
   stop_vm
 else bad "boot"; fi

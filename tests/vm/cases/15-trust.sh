@@ -161,3 +161,36 @@ check_eq "a rolled back" "$(content a)" original
 check_eq "b rolled back" "$(content b)" original
 check "no guard snapshot left" no_guard_snapshots
 end
+
+# Item 5: a scheduled rollback whose snapshot is invalidated before the merge (no room in the
+# VG, the volume kept changing) is reported as lost, at once: neither `guard rollback --finish`
+# nor recover at boot waits for a merge that can never end.
+dead_scheduled_rollback() {
+  mkfs_lv data 200M /mnt/data
+  lvcreate -q -y -l 100%FREE -n filler vg >/dev/null; lvreduce -q -y -L -8M vg/filler >/dev/null
+  guard --lv vg/data --size 8M -- sh -c 'echo broken > /mnt/data/f; sync; exit 1' > out 2>&1
+  run=$(run_id_of out)
+  check_out "the rollback is scheduled" out "ROLLBACK SCHEDULED"
+  write_mb /mnt/data/big 24 sync
+  check "the kernel invalidated the snapshot" sh -c 'dmsetup status | grep -q "snapshot Invalid"'
+}
+begin a_dead_scheduled_rollback_is_reported_by_finish_not_waited_for
+dead_scheduled_rollback
+timeout 120 guard rollback --finish "$run" > fin 2>&1; rc=$?
+check "guard rollback --finish answers (no hang)" [ "$rc" != 124 ]
+check "and fails (non-zero)" [ "$rc" != 0 ]
+check_out "saying the rollback point is lost" fin "rollback point is lost"
+check "the journal says impossible" grep -q '"rollback": "impossible"' /var/lib/guard/runs/$run.json
+check "the volume is still mounted and usable" sh -c 'echo ok > /mnt/data/after'
+end
+
+begin a_dead_scheduled_rollback_is_reported_by_recover_at_activation
+dead_scheduled_rollback
+umount /mnt/data; lvchange -q -an vg/data; lvchange -q -ay vg/data 2>/dev/null
+timeout 120 guard recover > rec 2>&1; rc=$?
+check "guard recover answers (no hang)" [ "$rc" != 124 ]
+check_out "and says the rollback point is lost" rec "rollback point is lost"
+check "the journal says impossible" grep -q '"rollback": "impossible"' /var/lib/guard/runs/$run.json
+timeout 120 guard recover > rec2 2>&1; rc=$?
+check_eq "a second recover has nothing left to fail on" "$rc" 0
+end
