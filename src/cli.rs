@@ -17,7 +17,7 @@ use std::time::Duration;
 pub const EXIT_CODES: &str = "\
 Exit status:
   0..=122  the command's own exit status is passed through (0: success, the change is kept)
-  123      the command exited 0 but a health check failed (rolled back per --on-failure)
+  123      the command exited 0 but a health check failed or `guard rollback RUN` came after it (rolled back)
   124      the command ran past --timeout and was stopped (rolled back per --on-failure)
   125      guard refused or failed before the command ran: nothing was changed
   126      the command was found but cannot be executed (nothing was changed)

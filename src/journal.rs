@@ -301,6 +301,14 @@ impl Journal {
                 continue;
             };
             let Ok(rec) = self.load(id) else { continue };
+            // a live guard writes its own record (and may hold the journal's filesystem
+            // frozen); otherwise only under the run's lock, never over a newer record
+            if rec.guard_pid != 0 && process_alive(rec.guard_pid, rec.guard_start) {
+                continue;
+            }
+            let Ok(Some(_lock)) = crate::lock::try_lock_run(id) else {
+                continue;
+            };
             if self.write_to(&self.dir, &rec).is_ok() {
                 let _ = std::fs::remove_file(e.path());
             }

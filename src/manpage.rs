@@ -11,8 +11,8 @@ const EXTRA: &str = r#".SH "EXIT STATUS"
 The command's own exit status, passed through (0: success, the change is kept).
 .TP
 \fB123\fR
-The command exited 0 but a health check (\fB\-\-check\fR, or a policy's [[check]]) failed; the
-failure policy was applied.
+The command exited 0 but a health check (\fB\-\-check\fR, or a policy's [[check]]) failed, or
+\fBguard rollback RUN\fR asked for the rollback after it ended; the failure policy was applied.
 .TP
 \fB124\fR
 The command ran past \fB\-\-timeout\fR and was stopped.

@@ -111,6 +111,23 @@ pub fn load_run(lvm: &dyn Lvm, journal: &Journal, run: &str) -> Result<RunRecord
 
 pub fn recover(lvm: &dyn Lvm, journal: &Journal, expire: bool) -> Result<Summary> {
     let mut sum = Summary::default();
+    // Thaw what a dead guard left frozen before anything is written: the journal may live on
+    // that filesystem, and any write there (even a mkdir of an existing folder) would block.
+    for rec in journal.list().0.iter().filter(|r| !r.frozen.is_empty()) {
+        if rec.guard_pid != 0 && journal::process_alive(rec.guard_pid, rec.guard_start) {
+            continue;
+        }
+        for p in &rec.frozen {
+            match crate::freeze::thaw(p) {
+                Ok(()) => sum.did(format!(
+                    "run {}: thawed {} (left frozen by a guard that is gone)",
+                    rec.id,
+                    p.display()
+                )),
+                Err(e) => sum.failed(format!("run {}: {e}", rec.id)),
+            }
+        }
+    }
     journal.catch_up();
     let (runs, problems) = journal.list();
     for p in problems {
@@ -246,12 +263,12 @@ fn recover_run(
             Phase::Snapshotting | Phase::Running | Phase::Decided | Phase::RollingBack
         )
     {
-        rec.phase = Phase::RollbackScheduled;
+        // Resume the rollback, target by target: a tagged or merging origin is scheduled, a
+        // snapshot not yet merged is merged now (never removed as a "leftover": guard may have
+        // died between the merges of a set).
+        rec.phase = Phase::RollingBack;
         rec.outcome.get_or_insert(Outcome::Failure);
         rec.final_state = Some(Final::RolledBack);
-        for t in rec.targets.iter_mut() {
-            t.rollback = Some(TargetState::Scheduled);
-        }
     }
     match rec.phase {
         Phase::Snapshotting => {
@@ -288,6 +305,11 @@ fn recover_run(
         Phase::RollingBack => {
             rollback::rollback_with_hooks(lvm, journal, rec, false)?;
             sum.did(format!("run {id}: rollback resumed"));
+            if rec.phase == Phase::RollbackScheduled {
+                // merges that completed at this activation are confirmed in the same pass
+                let lvs = lvm.lvs()?;
+                finish_scheduled(lvm, journal, rec, &lvs, sum)?;
+            }
             report_scheduled(rec, sum);
         }
         Phase::RollbackScheduled => finish_scheduled(lvm, journal, rec, &lvs, sum)?,
@@ -433,7 +455,15 @@ fn finish_scheduled(
         // The copies saved outside LVM (/boot) were put back when the rollback was decided,
         // and `saved` emptied then. A copy still listed was never restored: try now, and
         // never discard it unrestored.
-        if !rec.saved.is_empty() {
+        let all_done = rec
+            .targets
+            .iter()
+            .all(|t| t.rollback == Some(TargetState::Done));
+        if !rec.saved.is_empty() && !all_done {
+            sum.failed(format!(
+                "run {id}: not every volume was rolled back, so the copies saved outside LVM are kept in /var/lib/guard/saved/{id} and not put back"
+            ));
+        } else if !rec.saved.is_empty() {
             let results = crate::saved::restore_all(&id, &rec.saved);
             for r in &results {
                 match r {

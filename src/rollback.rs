@@ -82,7 +82,17 @@ pub fn rollback_with_hooks(
     finish: bool,
 ) -> Result<Vec<String>> {
     use crate::hooks::{run_point_reporting, HookEnv, HookPoint};
-    let hooks = policy_hooks(rec);
+    // At boot (guard-recover.service, before sysinit.target) the services are not up yet and
+    // a `systemctl start` would wait for the very boot that waits for guard: the boot itself
+    // starts them, after the merge.
+    let hooks = if std::env::var_os("GUARD_AT_BOOT").is_some() {
+        if !policy_hooks(rec).is_empty() {
+            ui::say("at boot: the policy's rollback hooks are left to the boot (services start after guard-recover)");
+        }
+        vec![]
+    } else {
+        policy_hooks(rec)
+    };
     let env = HookEnv::for_record(rec);
     run_point_reporting(&hooks, HookPoint::PreRollback, &env);
     crate::keepwatch::room_for_deferred_merges(lvm, rec);
@@ -183,6 +193,8 @@ pub fn rollback_with(
             v
         });
         match view {
+            // a rollback point found lost stays lost: a retry never calls it merged
+            _ if t.rollback == Some(TargetState::Impossible) => {}
             None if origin_tagged || t.rollback == Some(TargetState::Scheduled) => {
                 t.rollback = Some(TargetState::Scheduled);
             }
@@ -264,16 +276,28 @@ pub fn rollback_with(
     }
     rec.final_state = Some(Final::RolledBack);
     let set = SetRollback::of(rec.targets.iter().map(|t| t.rollback));
+    let any_scheduled = rec
+        .targets
+        .iter()
+        .any(|t| t.rollback == Some(TargetState::Scheduled));
     rec.phase = match set {
         SetRollback::Retry => Phase::RollingBack,
-        SetRollback::Scheduled => Phase::RollbackScheduled,
-        SetRollback::Complete | SetRollback::Partial => Phase::Done,
+        // a pending merge keeps the run open (watched, confirmed at activation), also when
+        // another target of the set was lost
+        _ if any_scheduled => Phase::RollbackScheduled,
+        _ => Phase::Done,
     };
     journal.write(rec)?;
     // Paths outside LVM (/boot) go back now, even when / completes at the next boot: that boot
     // must find the old kernel and initramfs next to the old /lib/modules. Not while a merge
     // failed: half a rollback with /boot put back would pair old kernels with new modules.
-    if set != SetRollback::Retry && !rec.saved.is_empty() {
+    if matches!(set, SetRollback::Retry | SetRollback::Partial) && !rec.saved.is_empty() {
+        todo.push(format!(
+            "the copies saved outside LVM ({}) are kept in /var/lib/guard/saved/{id} and were not put back: the volumes were not all rolled back",
+            rec.saved.iter().map(|p| p.path.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if matches!(set, SetRollback::Complete | SetRollback::Scheduled) && !rec.saved.is_empty() {
         let results = crate::saved::restore_all(&id, &rec.saved);
         for r in &results {
             match r {

@@ -256,6 +256,14 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             code = EXIT_CHECK_FAILED;
         }
     }
+    // `guard rollback RUN` may arrive after the command ended: while its writes settled or the
+    // health checks ran (the record still says Running, so the request came as a signal)
+    if rec.outcome == Some(Outcome::Success) && sig.take_rollback_request() {
+        ui::say("rollback requested (`guard rollback`) after the command ended: rolling back");
+        rec.outcome = Some(Outcome::Failure);
+        rec.reason = Some("rollback requested (`guard rollback`) after the command ended".into());
+        code = EXIT_CHECK_FAILED;
+    }
     rec.phase = Phase::Decided;
     journal.write(&mut rec)?;
     crate::fault::pause("before-decision");
@@ -266,8 +274,9 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     Ok(code)
 }
 
-/// Exit status when the command exited 0 but a health check failed (and the failure policy
-/// was applied). Next to 124 (timeout) and 125 (guard refused).
+/// Exit status when the command exited 0 but the run failed after it: a health check failed,
+/// or `guard rollback RUN` asked for the rollback (and the failure policy was applied). Next
+/// to 124 (timeout) and 125 (guard refused).
 pub const EXIT_CHECK_FAILED: i32 = 123;
 
 /// Paths the policy wants on LVM (e.g. /boot for apt) that are not: a rollback of the set
