@@ -39,17 +39,69 @@ pub fn thaw(path: &Path) -> Result<()> {
 static FROZEN_DEVS: std::sync::Mutex<std::collections::BTreeSet<u64>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Is `path` (or its nearest existing ancestor) on a filesystem this process holds frozen?
-/// stat does not block on a frozen filesystem.
+/// Is `path` (or its nearest existing ancestor) on a filesystem that a guard (this one or
+/// another: the background watcher writes the journal too) holds frozen? stat does not block
+/// on a frozen filesystem.
 pub fn on_frozen_fs(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let devs = FROZEN_DEVS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut devs = FROZEN_DEVS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    devs.extend(frozen_by_others());
     if devs.is_empty() {
         return false;
     }
     path.ancestors()
         .find_map(|p| std::fs::metadata(p).ok())
         .is_some_and(|m| devs.contains(&m.dev()))
+}
+
+/// Where each freezing guard lists what it holds frozen (tmpfs: never frozen itself).
+fn registry() -> PathBuf {
+    std::env::var_os("GUARD_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/run/guard".into())
+        .join("frozen")
+}
+
+/// Devices other live guards hold frozen, from their entries in the registry.
+fn frozen_by_others() -> Vec<u64> {
+    let Ok(rd) = std::fs::read_dir(registry()) else {
+        return vec![];
+    };
+    let me = std::process::id();
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            // a guard killed while holding leaves its entry: only a live one counts
+            (pid != me && Path::new(&format!("/proc/{pid}")).exists())
+                .then(|| std::fs::read_to_string(e.path()).ok())
+                .flatten()
+        })
+        .flat_map(|t| {
+            t.split_whitespace()
+                .filter_map(|d| d.parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect()
+}
+
+/// Publishes this process's frozen devices (or removes its entry when none is left).
+fn publish(devs: &std::collections::BTreeSet<u64>) {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = registry();
+    let file = dir.join(std::process::id().to_string());
+    if devs.is_empty() {
+        let _ = std::fs::remove_file(file);
+        return;
+    }
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    let text: Vec<String> = devs.iter().map(|d| d.to_string()).collect();
+    let _ = std::fs::write(file, text.join(" "));
 }
 
 #[derive(Debug, Default)]
@@ -70,7 +122,11 @@ impl Frozen {
             // fails) as before
             let dev = std::fs::metadata(p).ok().map(|m| m.dev());
             if let Some(d) = dev {
-                if !seen.insert(d) {
+                let already = FROZEN_DEVS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&d);
+                if !seen.insert(d) || already {
                     continue;
                 }
             }
@@ -78,14 +134,18 @@ impl Frozen {
                 return Err(Error::io(format!("cannot freeze {}", p.display()), e));
             }
             if let Some(d) = dev {
-                FROZEN_DEVS
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(d);
+                let mut devs = FROZEN_DEVS.lock().unwrap_or_else(|e| e.into_inner());
+                devs.insert(d);
+                publish(&devs);
             }
             done.paths.push(p.clone());
         }
         Ok(done)
+    }
+
+    /// Takes over what another freeze holds: one value thaws them all.
+    pub fn absorb(&mut self, mut other: Frozen) {
+        self.paths.append(&mut other.paths);
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -99,10 +159,9 @@ impl Frozen {
             match thaw(&p) {
                 Ok(()) => {
                     if let Ok(m) = std::fs::metadata(&p) {
-                        FROZEN_DEVS
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&m.dev());
+                        let mut devs = FROZEN_DEVS.lock().unwrap_or_else(|e| e.into_inner());
+                        devs.remove(&m.dev());
+                        publish(&devs);
                     }
                 }
                 Err(e) => {

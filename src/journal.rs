@@ -289,6 +289,10 @@ impl Journal {
         let Some(fb) = self.fallback_dir() else {
             return;
         };
+        // a guard holds the journal's filesystem frozen: any write there would block
+        if crate::freeze::on_frozen_fs(&self.dir) {
+            return;
+        }
         let Ok(rd) = std::fs::read_dir(&fb) else {
             return;
         };
@@ -313,6 +317,12 @@ impl Journal {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+
+    /// Whether run `id`'s latest record is only in the fallback folder (the journal could not
+    /// be written): it would not survive a reboot.
+    pub fn fell_back(&self, id: &str) -> bool {
+        self.fallback_path(id).is_some_and(|p| p.exists())
     }
 
     /// Where records go when the journal cannot be written (None: the journal is itself there).

@@ -28,12 +28,31 @@ use std::time::{Duration, Instant};
 /// The runs whose snapshots wait: kept ones, and rollbacks waiting for the next activation
 /// (between the failure and a reboot hours away the origin keeps changing).
 fn watched(journal: &Journal) -> Vec<RunRecord> {
-    journal
-        .list()
-        .0
+    let (runs, problems) = journal.list();
+    for p in &problems {
+        ui::warn(&format!("guard watch: {p}"));
+    }
+    let mut runs: Vec<RunRecord> = runs
         .into_iter()
         .filter(|r| matches!(r.phase, Phase::Kept | Phase::RollbackScheduled))
-        .collect()
+        .collect();
+    if runs.is_empty() && !problems.is_empty() {
+        // a record that could not be read may be a kept run: the watcher must not end on
+        // "nothing left" because of it (an exit 0 is not restarted)
+        runs.push(unreadable_placeholder());
+    }
+    runs
+}
+
+/// Stands for runs that could not be read, so that `guard watch` keeps going and retries.
+fn unreadable_placeholder() -> RunRecord {
+    serde_json::from_value(serde_json::json!({
+        "schema": crate::journal::SCHEMA, "id": "(unreadable)", "started": "", "updated": "",
+        "command": [], "guard_pid": 0, "guard_start": 0, "child_pid": null, "child_start": null,
+        "phase": "kept", "on_failure": "keep", "on_success": "keep", "keep_until": null,
+        "outcome": null, "exit_status": null, "reason": null, "final_state": null, "targets": []
+    }))
+    .expect("a valid record")
 }
 
 fn watcher_for(rec: &RunRecord, lvs: &[lvm::Lv]) -> Option<Watcher> {
@@ -396,6 +415,15 @@ pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
         .map(|v| (v.name, v.free))
         .collect();
     let mut events = Vec::new();
+    // the VG's room is shared among the set's targets in it, not all given to the first
+    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+    for t in rec
+        .targets
+        .iter()
+        .filter(|t| !t.thin && !t.mountpoints.is_empty())
+    {
+        *waiting.entry(t.vg.clone()).or_default() += 1;
+    }
     for t in rec.targets.iter_mut().filter(|t| !t.thin) {
         let (Some(origin), Some(snap)) = (
             lvm::find(&lvs, &t.vg, &t.lv),
@@ -406,13 +434,19 @@ pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
         if !origin.open || snap.invalid || snap.merging {
             continue;
         }
-        let free = vg_free.get(&t.vg).copied().unwrap_or(0);
+        let share = waiting.get(&t.vg).copied().unwrap_or(1).max(1);
+        if let Some(n) = waiting.get_mut(&t.vg) {
+            *n = n.saturating_sub(1);
+        }
+        let free = vg_free.get(&t.vg).copied().unwrap_or(0) / share;
         let (add, covered) = merge_room(origin.size, snap.size, origin.extent_size, free);
         let name = format!("{}/{}", t.vg, t.lv);
         if add > 0 {
             match lvm.extend(&t.vg, &t.snapshot, add) {
                 Ok(()) => {
-                    vg_free.insert(t.vg.clone(), free - add);
+                    if let Some(f) = vg_free.get_mut(&t.vg) {
+                        *f = f.saturating_sub(add);
+                    }
                     t.cow_bytes = Some(snap.size + add);
                     let detail = format!(
                         "snapshot {}/{} +{} before its merge is scheduled (LVM cannot extend it once the merge is pending)",

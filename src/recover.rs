@@ -5,6 +5,10 @@ use crate::error::Result;
 use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
 use crate::lvm::{self, Lv, Lvm, MERGE_TAG_PREFIX};
 use crate::model::TargetState;
+
+/// Tag put on a run's snapshots when its decision could only be kept under /run:
+/// `guard-decided:success` or `guard-decided:failure`.
+pub const DECIDED_TAG_PREFIX: &str = "guard-decided:";
 use crate::rollback;
 use crate::transaction;
 use crate::ui;
@@ -294,9 +298,33 @@ fn recover_run(
                     return Ok(());
                 }
             }
-            rec.outcome = Some(Outcome::Failure);
-            rec.reason =
-                Some("guard was stopped while the command ran; its result is unknown".into());
+            // A decision the journal could not keep (its record was under /run, gone with the
+            // reboot) was also written into the snapshots' tags: it wins over "running".
+            let decided = rec.targets.iter().find_map(|t| {
+                lvm::find(&lvs, &t.vg, &t.snapshot).and_then(|s| {
+                    s.tags
+                        .iter()
+                        .find_map(|g| g.strip_prefix(DECIDED_TAG_PREFIX))
+                })
+            });
+            match decided {
+                Some(d) => {
+                    rec.outcome = Some(if d == "success" {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    });
+                    rec.reason = Some(format!(
+                        "the command's outcome ({d}) recorded in the snapshots' tags while the journal could not be written"
+                    ));
+                }
+                None => {
+                    rec.outcome = Some(Outcome::Failure);
+                    rec.reason = Some(
+                        "guard was stopped while the command ran; its result is unknown".into(),
+                    );
+                }
+            }
             rec.phase = Phase::Decided;
             journal.write(rec)?;
             apply(lvm, journal, rec, sum)?;
@@ -496,6 +524,36 @@ mod tests {
         assert_eq!(rec.targets[0].lv, "data");
         assert_eq!(rec.phase, Phase::Kept);
         assert!(record_from_tags(&[], "R").is_none());
+    }
+
+    #[test]
+    fn a_decision_kept_in_the_tags_wins_over_a_running_record() {
+        // its own LV name: the other recover test locks "data" in the same lock folder
+        let d = tempfile::tempdir().unwrap();
+        std::env::set_var(
+            "GUARD_LOCK_DIR",
+            std::env::temp_dir().join("guard-unit-locks"),
+        );
+        let j = Journal::at(d.path());
+        let sim = SimLvm::new("vg", 100, vec![lv("vg", "kept", 100)]);
+        let id = "20261127-101010-beef";
+        let mut snap = lv("vg", &format!("kept-guard-{id}"), 8);
+        snap.origin = Some("kept".into());
+        snap.tags = vec![
+            "guard".into(),
+            format!("guard-run:{id}"),
+            format!("{DECIDED_TAG_PREFIX}success"),
+        ];
+        sim.state.borrow_mut().lvs.push(snap);
+        let mut rec = record_from_tags(&sim.lvs().unwrap(), id).unwrap();
+        rec.phase = Phase::Running;
+        rec.on_success = "keep".into();
+        j.write(&mut rec).unwrap();
+        recover(&sim, &j, false).unwrap();
+        let after = j.load(id).unwrap();
+        assert_eq!(after.phase, Phase::Kept, "{after:?}");
+        assert_eq!(after.outcome, Some(Outcome::Success));
+        assert!(sim.lvs().unwrap().iter().any(|l| l.is_guard_snapshot()));
     }
 
     #[test]

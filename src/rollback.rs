@@ -211,6 +211,18 @@ pub fn rollback_with(
                     "{name} cannot be rolled back: its snapshot is gone"
                 ));
             }
+            // a thin snapshot is "invalid" here only because its pool failed or went read-only:
+            // the snapshot itself is intact and merges once the pool is repaired, so it is kept
+            Some(s) if s.invalid && t.thin => {
+                let why = format!(
+                    "the thin pool of {}/{} is failed or read-only; repair it (lvconvert --repair), then `guard rollback {id}` merges the kept snapshot",
+                    t.vg, t.snapshot
+                );
+                ui::error(&format!("{name}: {why}"));
+                t.rollback = Some(TargetState::Failed);
+                t.note = Some(why.clone());
+                errors.push(format!("{name}: {why}"));
+            }
             Some(s) if s.invalid => {
                 t.rollback = Some(TargetState::Impossible);
                 t.note = Some(format!(
@@ -522,7 +534,7 @@ pub fn holders_of(dev: (u32, u32)) -> Vec<String> {
 pub fn merge_ended_badly(lvs: &[lvm::Lv], t: &TargetRecord) -> Option<String> {
     // The background watcher records an invalidation it saw while the merge waited; lvm may
     // have removed the dead snapshot at activation since.
-    if t.invalidated {
+    if t.invalidated && !t.thin {
         return Some(format!(
             "snapshot {}/{} was invalidated while its merge waited for the next activation: the rollback point is lost",
             t.vg, t.snapshot

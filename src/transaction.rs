@@ -266,6 +266,24 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     }
     rec.phase = Phase::Decided;
     journal.write(&mut rec)?;
+    if journal.fell_back(&rec.id) {
+        // /run does not survive a reboot: keep the decision in the VG metadata too, so that
+        // recover at boot does not take a success for a run of unknown outcome
+        let d = if rec.outcome == Some(Outcome::Success) {
+            "success"
+        } else {
+            "failure"
+        };
+        for t in &rec.targets {
+            let tag = format!("{}{d}", crate::recover::DECIDED_TAG_PREFIX);
+            if let Err(e) = lvm.add_tag(&t.vg, &t.snapshot, &tag) {
+                ui::warn(&format!(
+                    "cannot record the decision on {}/{}: {e}",
+                    t.vg, t.snapshot
+                ));
+            }
+        }
+    }
     crate::fault::pause("before-decision");
 
     let todo = apply_decision(lvm, journal, &mut rec, opts, &watcher);

@@ -332,6 +332,9 @@ pub struct Watcher {
     pgid: Option<i32>,
     braked: bool,
     frozen: Option<Frozen>,
+    /// The items whose filesystems this hold froze (a second item of the set can reach its
+    /// limit while the first is held: it is held too, never instead).
+    held_items: std::collections::BTreeSet<usize>,
     held: bool,
     continue_noted: BTreeSet<usize>,
     pub events: Vec<Event>,
@@ -369,6 +372,7 @@ impl Watcher {
             pgid: None,
             braked: false,
             frozen: None,
+            held_items: Default::default(),
             held: false,
             continue_noted: BTreeSet::new(),
             events: Vec::new(),
@@ -487,11 +491,21 @@ impl Watcher {
     /// sample, decide, act.
     pub fn step(&mut self) -> Duration {
         self.poll_inflight();
+        let now = Instant::now();
         if self.held {
+            // The other targets keep changing (other filesystems of the set are not frozen):
+            // keep watching them, extend them where their VG has room, hold them too when not,
+            // and notice an invalidation.
+            for i in 0..self.items.len() {
+                if self.held_items.contains(&i) || !self.sample(i, now) || self.items[i].invalid {
+                    continue;
+                }
+                let dirty = self.dirty_for(i);
+                self.decide(i, dirty);
+            }
             self.draw();
             return Duration::from_millis(200);
         }
-        let now = Instant::now();
         // /proc/meminfo is costly to generate: read it (and the other dirty figures) at most
         // every 250 ms
         if self
@@ -784,6 +798,10 @@ impl Watcher {
             }
         };
         cmd.arg("lvextend").arg("-q");
+        // lvm archives metadata under /etc/lvm: on a filesystem this hold froze that would block
+        if crate::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
+            cmd.args(["--config", "backup{backup=0 archive=0}"]);
+        }
         if metadata {
             cmd.args(["--poolmetadatasize", &format!("+{bytes}b")]);
         } else {
@@ -922,12 +940,19 @@ impl Watcher {
                 }
             }
             WhenFull::Freeze | WhenFull::Rollback => {
+                if !self.held_items.insert(i) {
+                    return;
+                }
                 let mounts = it.mountpoints.clone();
                 let vg = it.vg.clone();
                 self.signal_group(Signal::SIGSTOP);
                 let frozen_what = match Frozen::freeze(&mounts) {
                     Ok(f) if !mounts.is_empty() => {
-                        self.frozen = Some(f);
+                        // added to what the hold froze already: replacing it would thaw that
+                        match self.frozen.as_mut() {
+                            Some(held) => held.absorb(f),
+                            None => self.frozen = Some(f),
+                        }
                         format!(
                             "froze {}",
                             mounts
@@ -984,6 +1009,7 @@ impl Watcher {
         self.signal_group(Signal::SIGKILL);
         self.signal_group(Signal::SIGCONT);
         // processes blocked on the frozen filesystem can only die once it is thawed
+        self.held_items.clear();
         if let Some(mut f) = self.frozen.take() {
             let _ = f.thaw_all();
             self.event(
@@ -1049,6 +1075,7 @@ impl Watcher {
             }
         }
         self.held = false;
+        self.held_items.clear();
         self.signal_group(Signal::SIGCONT);
         self.event(
             "resumed",

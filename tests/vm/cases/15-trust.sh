@@ -52,6 +52,28 @@ unset GUARD_STATE_DIR GUARD_RUN_DIR
 umount /tmp/st
 end
 
+# Item 4 (and the review): a kept success recorded only under /run survives a reboot that empties
+# /run: the decision is also in the snapshots' tags, and recover keeps the run, not roll it back.
+begin a_decision_kept_only_under_run_survives_the_reboot
+mkfs_lv a 64M /mnt/a
+mkdir -p /tmp/st; mount -t tmpfs -o size=256k tmpfs /tmp/st
+export GUARD_STATE_DIR=/tmp/st GUARD_RUN_DIR=/tmp/w/rundir
+guard --lv vg/a --on-success keep -- sh -c 'echo new > /mnt/a/f; sync; dd if=/dev/zero of=/tmp/st/fill bs=4k 2>/dev/null; exit 0' > out 2>&1; rc=$?
+run=$(run_id_of out)
+check_eq "the command's success passes through (0)" "$rc" 0
+check "the snapshot carries the decision" sh -c "lvs --noheadings -o lv_tags vg/a-guard-$run | grep -q guard-decided:success"
+# the reboot: /run is emptied, the journal (space freed) still says the command was running
+rm -rf /tmp/w/rundir; rm -f /tmp/st/fill
+guard recover > rec 2>&1
+check_out "recover takes the tagged decision" rec "snapshots kept as its policy says"
+check "the snapshot is kept, not merged" lvs "vg/a-guard-$run"
+check_eq "the change is still there" "$(content a)" new
+guard commit "$run" > c 2>&1
+check "then commit removes it" no_guard_snapshots
+unset GUARD_STATE_DIR GUARD_RUN_DIR
+umount /tmp/st
+end
+
 # Item 4: the expiry timer never resolves a run whose outcome is unknown; the operator does.
 begin expiry_timer_leaves_a_dead_running_run_alone
 mkfs_lv a 64M /mnt/a
@@ -193,4 +215,26 @@ check_out "and says the rollback point is lost" rec "rollback point is lost"
 check "the journal says impossible" grep -q '"rollback": "impossible"' /var/lib/guard/runs/$run.json
 timeout 120 guard recover > rec2 2>&1; rc=$?
 check_eq "a second recover has nothing left to fail on" "$rc" 0
+end
+
+# Review: while one filesystem of a set is held, the others are still watched: one that fills
+# in turn is held too (never instead of the first, which stays frozen), none is invalidated.
+begin a_second_target_filling_during_a_hold_is_held_too
+mkfs_lv a 200M /mnt/a; mkfs_lv b 200M /mnt/b
+lvcreate -q -y -l 100%FREE -n filler vg >/dev/null; lvreduce -q -y -L -16M vg/filler >/dev/null
+guard --lv vg/a --lv vg/b --size 8M -- sh -c 'write_mb /mnt/a/big 100 sync; exit 0' > out 2>&1 &
+gpid=$!
+check "guard froze /mnt/a" wait_frozen
+run=$(run_id_of out)
+# a writer outside guard's process group fills b's snapshot during the hold
+( write_mb /mnt/b/big 60 sync ) &
+wp=$!
+i=0; while ! grep -q "froze /mnt/b" out && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done
+check_out "b is held too when its snapshot fills" out "froze /mnt/b"
+check "a is still frozen" is_frozen /mnt/a
+check "no snapshot was invalidated" sh -c '! dmsetup status | grep -q "snapshot Invalid"'
+guard rollback "$run" > out2 2>&1
+wait $gpid
+check "both thawed: writes work again" sh -c 'echo ok > /mnt/a/after && echo ok > /mnt/b/after'
+kill $wp 2>/dev/null; wait $wp 2>/dev/null
 end
