@@ -1,14 +1,18 @@
 //! The command line. Two steps, as in ripgrep: clap turns words into raw flags without touching
 //! the system; `build_run_options` turns those into checked values (sizes, durations) and only
 //! then does guard look at the machine (preflight) and act.
+pub mod manpage;
+pub mod policy;
+pub mod report;
+use crate::cli::policy::Policy;
 use crate::error::{Error, Result};
-use crate::journal::Journal;
 use crate::lvm::real::RealLvm;
-use crate::plan::PlanRequest;
-use crate::policy::{self, Policy};
+use crate::ops::{recover, rollback, status};
+use crate::run::plan::PlanRequest;
+use crate::run::{OnFailure, OnSuccess, RunOptions};
 use crate::size::{SizeSpec, DEFAULT_SIZE};
-use crate::transaction::{OnFailure, OnSuccess, RunOptions};
-use crate::{recover, rollback, status, transaction, ui};
+use crate::store::journal::Journal;
+use crate::{run as transaction, ui};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -97,7 +101,7 @@ pub struct RunArgs {
     /// When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue
     /// [default: freeze]
     #[arg(long, value_enum, value_name = "ACTION")]
-    pub when_full: Option<crate::watcher::WhenFull>,
+    pub when_full: Option<crate::watch::WhenFull>,
     /// Do not hold a set of volumes at one moment while snapshotting it (each LV is still
     /// snapshotted with its filesystem frozen by lvm2)
     #[arg(long)]
@@ -241,7 +245,7 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         None => p.timeout,
     };
     let extend_at = match a.extend_at.or(p.extend_at) {
-        None => crate::watcher::DEFAULT_EXTEND_AT,
+        None => crate::watch::DEFAULT_EXTEND_AT,
         Some(v) if (1.0..=99.0).contains(&v) => v,
         Some(v) => {
             return Err(Error::refused(
@@ -258,7 +262,7 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
     };
     let mut checks = p.checks.clone();
     for c in &a.checks {
-        checks.push(crate::hooks::check_from_flag(c)?);
+        checks.push(crate::run::hooks::check_from_flag(c)?);
     }
     let on_success = if a.keep.is_some() {
         OnSuccess::Keep
@@ -282,17 +286,15 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         json: a.json,
         report_file: a.report.clone(),
         finish: a.finish || p.finish.unwrap_or(false),
-        watch: crate::watcher::WatchConfig {
+        watch: crate::watch::WatchConfig {
             extend_at,
             when_full: a
                 .when_full
                 .or(p.when_full)
-                .unwrap_or(crate::watcher::WhenFull::Freeze),
+                .unwrap_or(crate::watch::WhenFull::Freeze),
         },
         freeze: !a.no_freeze && p.freeze.unwrap_or(true),
-        freeze_limit: p
-            .freeze_timeout
-            .unwrap_or(crate::consistency::DEFAULT_LIMIT),
+        freeze_limit: p.freeze_timeout.unwrap_or(crate::dm::hold::DEFAULT_LIMIT),
         hooks: p.hooks.clone(),
         checks,
         warn_unless_on_lvm: p.warn_unless_on_lvm.clone(),
@@ -376,10 +378,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Sub::Watch { once, period } => {
             let period = parse_duration("--period", &period)?;
             preflight()?;
-            crate::keepwatch::watch(&lvm, &journal, period, once)
+            crate::watch::background::watch(&lvm, &journal, period, once)
         }
         Sub::Man => {
-            crate::manpage::render(&mut std::io::stdout().lock())
+            crate::cli::manpage::render(&mut std::io::stdout().lock())
                 .map_err(|e| Error::io("cannot write the man page", e))?;
             Ok(0)
         }
@@ -411,7 +413,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Sub::Resume { run } => {
             preflight()?;
-            if !crate::journal::valid_run_id(&run) {
+            if !crate::store::journal::valid_run_id(&run) {
                 return Err(bad_run_id(&run));
             }
             let rec = journal.load(&run)?;
@@ -419,13 +421,13 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Sub::Rollback { run, finish } => {
             preflight()?;
-            if !crate::journal::valid_run_id(&run) {
+            if !crate::store::journal::valid_run_id(&run) {
                 return Err(bad_run_id(&run));
             }
             // a run still in its guard's hands is steered by a signal: that guard holds the locks
             if let Ok(rec) = journal.load(&run) {
-                if rec.phase == crate::journal::Phase::Running
-                    && crate::journal::process_alive(rec.guard_pid, rec.guard_start)
+                if rec.phase == crate::store::journal::Phase::Running
+                    && crate::store::journal::process_alive(rec.guard_pid, rec.guard_start)
                 {
                     return signal_running_guard(
                         &rec,
@@ -489,12 +491,12 @@ fn policy_cmd(sub: PolicySub) -> Result<i32> {
 
 /// A run still in its guard's hands (held by the watcher) is steered by a signal to that guard.
 fn signal_running_guard(
-    rec: &crate::journal::RunRecord,
+    rec: &crate::store::journal::RunRecord,
     sig: nix::sys::signal::Signal,
     what: &str,
 ) -> Result<i32> {
-    if rec.phase != crate::journal::Phase::Running
-        || !crate::journal::process_alive(rec.guard_pid, rec.guard_start)
+    if rec.phase != crate::store::journal::Phase::Running
+        || !crate::store::journal::process_alive(rec.guard_pid, rec.guard_start)
     {
         return Err(Error::refused(
             format!(
@@ -516,9 +518,9 @@ fn signal_running_guard(
 fn commit_run(
     lvm: &RealLvm,
     journal: &Journal,
-    rec: &mut crate::journal::RunRecord,
+    rec: &mut crate::store::journal::RunRecord,
 ) -> Result<i32> {
-    use crate::journal::Phase;
+    use crate::store::journal::Phase;
     match rec.phase {
         Phase::Kept | Phase::Committing | Phase::Decided => {
             transaction::commit(lvm, journal, rec)?;
@@ -549,10 +551,10 @@ fn commit_run(
 fn rollback_cmd(
     lvm: &RealLvm,
     journal: &Journal,
-    rec: &mut crate::journal::RunRecord,
+    rec: &mut crate::store::journal::RunRecord,
     finish: bool,
 ) -> Result<i32> {
-    use crate::journal::Phase;
+    use crate::store::journal::Phase;
     match rec.phase {
         Phase::Kept | Phase::Decided | Phase::RollingBack => {
             let todo = rollback::rollback_with_hooks(lvm, journal, rec, finish)?;
@@ -560,7 +562,7 @@ fn rollback_cmd(
                 ui::say(&format!("to do: {t}"));
             }
             if rec.phase == Phase::RollbackScheduled {
-                crate::keepwatch::hand_off(&rec.id);
+                crate::watch::background::hand_off(&rec.id);
             }
             Ok(0)
         }
@@ -591,10 +593,10 @@ fn rollback_cmd(
                 )));
             }
             // the services the policy stops around a rollback start again on the merged data
-            let env = crate::hooks::HookEnv::for_record(rec);
-            crate::hooks::run_point_reporting(
+            let env = crate::run::hooks::HookEnv::for_record(rec);
+            crate::run::hooks::run_point_reporting(
                 &rollback::policy_hooks(rec),
-                crate::hooks::HookPoint::PostRollback,
+                crate::run::hooks::HookPoint::PostRollback,
                 &env,
             );
             Ok(0)

@@ -1,9 +1,9 @@
 //! `guard status`: the runs in the journal with their snapshots as LVM sees them now (COW use,
 //! pending merges, invalidation), plus guard snapshots the journal does not know.
 use crate::error::Result;
-use crate::journal::{Journal, Phase, RunRecord};
 use crate::lvm::{self, Lv, Lvm};
 use crate::size::human;
+use crate::store::journal::{Journal, Phase, RunRecord};
 use serde::Serialize;
 
 pub const SCHEMA: &str = "guard.status/1";
@@ -27,11 +27,11 @@ pub struct RunStatus {
     pub phase: Phase,
     pub started: String,
     pub command: Vec<String>,
-    pub outcome: Option<crate::journal::Outcome>,
+    pub outcome: Option<crate::store::journal::Outcome>,
     pub exit_status: Option<i32>,
     pub keep_until: Option<String>,
     /// How a finished run ended: committed, rolled-back, kept, nothing.
-    pub final_state: Option<crate::journal::Final>,
+    pub final_state: Option<crate::store::journal::Final>,
     pub reason: Option<String>,
     pub snapshots: Vec<SnapshotStatus>,
 }
@@ -126,9 +126,11 @@ pub fn human_text(st: &Status) -> String {
         );
         if r.phase == Phase::Done {
             let end = match r.final_state {
-                Some(crate::journal::Final::Committed) => "committed: the change was kept",
-                Some(crate::journal::Final::RolledBack) => "rolled back: the change was undone",
-                Some(crate::journal::Final::Kept) => "kept",
+                Some(crate::store::journal::Final::Committed) => "committed: the change was kept",
+                Some(crate::store::journal::Final::RolledBack) => {
+                    "rolled back: the change was undone"
+                }
+                Some(crate::store::journal::Final::Kept) => "kept",
                 _ => "nothing was changed",
             };
             s += &format!("  {end}");

@@ -1,18 +1,21 @@
 //! The guarded run: plan, lock, snapshot the set, run the command, decide, then commit or roll
 //! back, and report. Every phase change is journaled before it is acted on, so that a guard
 //! killed at any point leaves enough for `guard recover` to finish the job.
-use crate::child::{self, Exit, RunSpec, SignalState};
+pub mod child;
+pub mod hooks;
+pub mod plan;
+use crate::cli::report::Report;
 use crate::error::{Error, Result};
-use crate::hooks::{self, CheckSpec, HookEnv, HookPoint, HookSpec};
-use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
-use crate::lock::{self, LockTarget};
 use crate::log::Kind;
 use crate::lvm::{Lvm, SnapshotRequest, RUN_TAG_PREFIX, TAG};
-use crate::plan::{self, Plan, PlanRequest};
-use crate::report::Report;
-use crate::rollback;
+use crate::ops::rollback;
+use crate::run::child::{Exit, RunSpec, SignalState};
+use crate::run::hooks::{CheckSpec, HookEnv, HookPoint, HookSpec};
+use crate::run::plan::{Plan, PlanRequest};
+use crate::store::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
+use crate::store::lock::{self, LockTarget};
 use crate::ui;
-use crate::watcher::{WatchConfig, WatchItem, Watcher};
+use crate::watch::{WatchConfig, WatchItem, Watcher};
 use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -144,8 +147,8 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     }
     let mut rec = new_record(&plan, opts);
     if !to_save.is_empty() {
-        rec.saved = crate::saved::save(&run_id, &to_save).map_err(|e| {
-            crate::saved::discard(&run_id);
+        rec.saved = crate::store::saved::save(&run_id, &to_save).map_err(|e| {
+            crate::store::saved::discard(&run_id);
             Error::refused(
                 format!("cannot save a copy of a path outside LVM: {e}; nothing was changed"),
                 "free space under /var/lib/guard, or move the path to an LV",
@@ -275,7 +278,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             "failure"
         };
         for t in &rec.targets {
-            let tag = format!("{}{d}", crate::recover::DECIDED_TAG_PREFIX);
+            let tag = format!("{}{d}", crate::ops::recover::DECIDED_TAG_PREFIX);
             if let Err(e) = lvm.add_tag(&t.vg, &t.snapshot, &tag) {
                 ui::warn(&format!(
                     "cannot record the decision on {}/{}: {e}",
@@ -448,7 +451,7 @@ fn snapshot_set(
             .collect();
         rec.suspended = names.clone();
         journal.write(rec)?;
-        match crate::consistency::hold(&names, opts.freeze_limit) {
+        match crate::dm::hold::hold(&names, opts.freeze_limit) {
             Ok(h) => held = Some(h),
             Err(e) => {
                 rec.suspended.clear();
@@ -554,7 +557,7 @@ fn abort_after_snapshots(
     }
     rec.outcome = Some(Outcome::Aborted);
     rec.reason = Some(why.to_string());
-    crate::saved::discard(&rec.id);
+    crate::store::saved::discard(&rec.id);
     rec.saved.clear();
     if errors.is_empty() {
         rec.final_state = Some(Final::Nothing);
@@ -610,7 +613,7 @@ fn apply_decision(
             })
             .collect();
         // also with finish: a busy mount point (or /) leaves its merge scheduled after all
-        crate::keepwatch::room_for_deferred_merges(lvm, rec);
+        crate::watch::background::room_for_deferred_merges(lvm, rec);
         rollback::rollback_with(lvm, journal, rec, Some(&known)).and_then(|todo| {
             let todo = if opts.finish && rec.phase == Phase::RollbackScheduled {
                 let left = rollback::finish(lvm, journal, rec)?;
@@ -620,7 +623,7 @@ fn apply_decision(
                 todo
             };
             if rec.phase == Phase::RollbackScheduled {
-                crate::keepwatch::hand_off(&rec.id);
+                crate::watch::background::hand_off(&rec.id);
             }
             Ok(todo)
         })
@@ -712,7 +715,7 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
     }
     // Kept snapshots still fill as the origin changes: hand the run over to the background
     // watcher, and leave only once it has taken the run on.
-    crate::keepwatch::hand_off(&rec.id);
+    crate::watch::background::hand_off(&rec.id);
     Ok(todo)
 }
 
@@ -726,7 +729,7 @@ pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
     }
     rec.phase = Phase::Done;
     rec.final_state = Some(Final::Committed);
-    crate::saved::discard(&rec.id);
+    crate::store::saved::discard(&rec.id);
     rec.saved.clear();
     journal.write(rec)
 }

@@ -11,7 +11,7 @@
 //! opened once, folder by folder from `/` without following links, and what is checked and read
 //! is that one descriptor: nobody can swap the file between the check and the read.
 use crate::error::{Error, Result};
-use crate::hooks::{CheckSpec, HookPoint, HookSpec};
+use crate::run::hooks::{CheckSpec, HookPoint, HookSpec};
 use serde::Deserialize;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
@@ -26,15 +26,15 @@ pub const SHARE_DIR: &str = "/usr/share/guard/policies";
 
 /// The shipped policies, built in so that `--policy apt` works wherever the binary is.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("apt", include_str!("../policies/apt.toml")),
-    ("deploy", include_str!("../policies/deploy.toml")),
-    ("dnf", include_str!("../policies/dnf.toml")),
+    ("apt", include_str!("../../policies/apt.toml")),
+    ("deploy", include_str!("../../policies/deploy.toml")),
+    ("dnf", include_str!("../../policies/dnf.toml")),
     (
         "kernel-upgrade",
-        include_str!("../policies/kernel-upgrade.toml"),
+        include_str!("../../policies/kernel-upgrade.toml"),
     ),
-    ("mysql", include_str!("../policies/mysql.toml")),
-    ("postgresql", include_str!("../policies/postgresql.toml")),
+    ("mysql", include_str!("../../policies/mysql.toml")),
+    ("postgresql", include_str!("../../policies/postgresql.toml")),
 ];
 
 // The file as written. Every table denies unknown keys: a misspelt key must not silently
@@ -86,15 +86,15 @@ pub struct SnapshotSection {
 #[serde(deny_unknown_fields)]
 pub struct WatchSection {
     pub extend_at: Option<f64>,
-    pub when_full: Option<crate::watcher::WhenFull>,
+    pub when_full: Option<crate::watch::WhenFull>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSection {
     pub timeout: Option<String>,
-    pub on_failure: Option<crate::transaction::OnFailure>,
-    pub on_success: Option<crate::transaction::OnSuccess>,
+    pub on_failure: Option<crate::run::OnFailure>,
+    pub on_success: Option<crate::run::OnSuccess>,
     pub keep: Option<String>,
     /// On a rollback of mounted volumes (not /): after the pre_rollback hooks, unmount them,
     /// complete the merge, mount them again, and only then run post_rollback.
@@ -142,10 +142,10 @@ pub struct Policy {
     pub freeze: Option<bool>,
     pub freeze_timeout: Option<Duration>,
     pub extend_at: Option<f64>,
-    pub when_full: Option<crate::watcher::WhenFull>,
+    pub when_full: Option<crate::watch::WhenFull>,
     pub timeout: Option<Duration>,
-    pub on_failure: Option<crate::transaction::OnFailure>,
-    pub on_success: Option<crate::transaction::OnSuccess>,
+    pub on_failure: Option<crate::run::OnFailure>,
+    pub on_success: Option<crate::run::OnSuccess>,
     pub keep: Option<Duration>,
     pub finish: Option<bool>,
     pub hooks: Vec<HookSpec>,
@@ -371,7 +371,7 @@ fn argv(origin: &str, text: &str, what: &str, run: &[String]) -> Result<Vec<Stri
     }
     // Found now, not when a rollback is under way and the hook is needed; kept as the absolute
     // path found, so the run execs exactly what `guard policy check` shows.
-    let program = crate::hooks::resolve_program(&run[0]).map_err(|e| {
+    let program = crate::run::hooks::resolve_program(&run[0]).map_err(|e| {
         let (problem, fix) = match e {
             Error::Refused { problem, fix } => (problem, fix),
             e => (e.to_string(), String::new()),
@@ -419,7 +419,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         }
     }
     for l in &f.targets.lvs {
-        crate::plan::parse_lv_name(l).map_err(|e| {
+        crate::run::plan::parse_lv_name(l).map_err(|e| {
             key_error(
                 origin,
                 text,
@@ -680,7 +680,7 @@ pub struct Effective {
     pub freeze: bool,
     pub freeze_timeout_seconds: f64,
     pub extend_at: f64,
-    pub when_full: crate::watcher::WhenFull,
+    pub when_full: crate::watch::WhenFull,
     pub timeout_seconds: Option<f64>,
     pub on_failure: String,
     pub on_success: String,
@@ -690,7 +690,7 @@ pub struct Effective {
     pub checks: Vec<serde_json::Value>,
 }
 
-pub fn effective(p: &Policy, o: &crate::transaction::RunOptions) -> Effective {
+pub fn effective(p: &Policy, o: &crate::run::RunOptions) -> Effective {
     let s = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     Effective {
         schema: "guard.policy/1",

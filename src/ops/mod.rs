@@ -2,10 +2,13 @@
 //! the background watcher) act under the run's lock and its volumes' locks, on the record read
 //! again under those locks: two of them can never interleave on one run (a set half rolled back
 //! and half committed, or a watcher writing "kept" over a finished commit).
+pub mod recover;
+pub mod rollback;
+pub mod status;
 use crate::error::Result;
-use crate::journal::{Journal, RunRecord};
-use crate::lock::{self, LockTarget, LvLocks, RunLock};
 use crate::lvm::{self, Lvm};
+use crate::store::journal::{Journal, RunRecord};
+use crate::store::lock::{self, LockTarget, LvLocks, RunLock};
 
 /// A run held for one command: dropping it releases the locks.
 pub struct Held {
@@ -18,9 +21,9 @@ pub struct Held {
 /// then reads its record again and checks it against the LVs' tags.
 pub fn hold(lvm: &dyn Lvm, journal: &Journal, id: &str, what: &str) -> Result<Held> {
     let run = lock::lock_run(id, &format!("guard {what} {id}"), false)?;
-    let rec = crate::recover::load_run(lvm, journal, id)?;
+    let rec = crate::ops::recover::load_run(lvm, journal, id)?;
     let lvs = lvm.lvs()?;
-    crate::rollback::verify_targets(&lvs, &rec)?;
+    crate::ops::rollback::verify_targets(&lvs, &rec)?;
     let lvs_locks = lock_origins(&lvs, &rec, &format!("guard {what} {id}"))?;
     Ok(Held {
         rec,

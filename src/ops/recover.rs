@@ -2,15 +2,15 @@
 //! cut left, from the journal and the LVM tags. Safe at every boot and twice in a row: each step
 //! checks the real state first and does nothing when there is nothing to do.
 use crate::error::Result;
-use crate::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
 use crate::lvm::{self, Lv, Lvm, MERGE_TAG_PREFIX};
 use crate::model::TargetState;
+use crate::store::journal::{self, Final, Journal, Outcome, Phase, RunRecord, TargetRecord};
 
 /// Tag put on a run's snapshots when its decision could only be kept under /run:
 /// `guard-decided:success` or `guard-decided:failure`.
 pub const DECIDED_TAG_PREFIX: &str = "guard-decided:";
-use crate::rollback;
-use crate::transaction;
+use crate::ops::rollback;
+use crate::run;
 use crate::ui;
 use std::collections::BTreeSet;
 
@@ -122,7 +122,7 @@ pub fn recover(lvm: &dyn Lvm, journal: &Journal, expire: bool) -> Result<Summary
             continue;
         }
         for p in &rec.frozen {
-            match crate::freeze::thaw(p) {
+            match crate::dm::freeze::thaw(p) {
                 Ok(()) => sum.did(format!(
                     "run {}: thawed {} (left frozen by a guard that is gone)",
                     rec.id,
@@ -221,7 +221,7 @@ fn recover_run(
     }
     if !rec.frozen.is_empty() {
         for p in std::mem::take(&mut rec.frozen) {
-            crate::freeze::thaw(&p)?;
+            crate::dm::freeze::thaw(&p)?;
             sum.did(format!(
                 "run {id}: thawed {} (left frozen by a guard that is gone)",
                 p.display()
@@ -342,12 +342,12 @@ fn recover_run(
         }
         Phase::RollbackScheduled => finish_scheduled(lvm, journal, rec, &lvs, sum)?,
         Phase::Committing => {
-            transaction::commit(lvm, journal, rec)?;
+            run::commit(lvm, journal, rec)?;
             sum.did(format!("run {id}: snapshots removed (commit finished)"));
         }
         Phase::Kept => {
             if expire && expired(rec) {
-                transaction::commit(lvm, journal, rec)?;
+                run::commit(lvm, journal, rec)?;
                 sum.did(format!(
                     "run {id}: keep window ended, committed (snapshots removed)"
                 ));
@@ -380,7 +380,7 @@ fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summar
         journal.write(rec)?;
         sum.did(format!("run {id}: snapshots kept as its policy says"));
     } else if success {
-        transaction::commit(lvm, journal, rec)?;
+        run::commit(lvm, journal, rec)?;
         sum.did(format!(
             "run {id}: the command had succeeded; snapshots removed"
         ));
@@ -492,7 +492,7 @@ fn finish_scheduled(
                 "run {id}: not every volume was rolled back, so the copies saved outside LVM are kept in /var/lib/guard/saved/{id} and not put back"
             ));
         } else if !rec.saved.is_empty() {
-            let results = crate::saved::restore_all(&id, &rec.saved);
+            let results = crate::store::saved::restore_all(&id, &rec.saved);
             for r in &results {
                 match r {
                     Ok(s) => sum.did(s.clone()),
@@ -504,7 +504,7 @@ fn finish_scheduled(
             }
         }
         if rec.saved.is_empty() {
-            crate::saved::discard(&id);
+            crate::store::saved::discard(&id);
         }
     }
     journal.write(rec)

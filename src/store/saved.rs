@@ -11,18 +11,13 @@
 //! written (store.rs), and the archive is made 0600.
 use crate::error::{Error, Result};
 use crate::store::{Open, SecureDir};
-use serde::{Deserialize, Serialize};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SavedPath {
-    pub path: PathBuf,
-    pub archive: PathBuf,
-}
+pub use crate::model::record::SavedPath;
 
 fn run_dir(run: &str) -> PathBuf {
-    crate::journal::state_dir().join("saved").join(run)
+    crate::store::journal::state_dir().join("saved").join(run)
 }
 
 /// Archives each path (with ownership, modes, xattrs; one filesystem only).
@@ -31,7 +26,7 @@ pub fn save(run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
 }
 
 fn save_in(saved: &SecureDir, run: &str, paths: &[PathBuf]) -> Result<Vec<SavedPath>> {
-    if !crate::journal::valid_run_id(run) {
+    if !crate::store::journal::valid_run_id(run) {
         return Err(Error::Other(format!("invalid run id {run:?}")));
     }
     let dir = saved.subdir(run)?;
@@ -128,7 +123,7 @@ pub fn restore(s: &SavedPath) -> Result<()> {
 /// Drops a run's saved copies (the run was committed or aborted).
 pub fn discard(run: &str) {
     // the id names the folder removed: never a path
-    if !crate::journal::valid_run_id(run) {
+    if !crate::store::journal::valid_run_id(run) {
         return;
     }
     let _ = std::fs::remove_dir_all(run_dir(run));

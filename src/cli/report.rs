@@ -1,7 +1,7 @@
 //! The end-of-run summary: human lines on stderr, and the same as one JSON object (--json to
 //! stderr, --report FILE) for pipelines. Schema: schema/report.schema.json ("guard.report/1").
-use crate::journal::{Final, Outcome, RunRecord};
 use crate::size::human;
+use crate::store::journal::{Final, Outcome, RunRecord};
 use serde::Serialize;
 
 pub const SCHEMA: &str = "guard.report/1";
@@ -37,7 +37,7 @@ pub struct Report {
     pub action: String,
     pub duration_seconds: Option<f64>,
     pub targets: Vec<TargetReport>,
-    pub events: Vec<crate::watcher::Event>,
+    pub events: Vec<crate::watch::Event>,
     pub todo: Vec<String>,
 }
 

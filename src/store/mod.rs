@@ -4,6 +4,9 @@
 //! then checked through its descriptor (open O_DIRECTORY|O_NOFOLLOW, fstat); files are opened
 //! relative to that descriptor with O_NOFOLLOW and checked by fstat. So a folder another user
 //! made first, or a symlink planted where guard opens a file as root, is refused, not followed.
+pub mod journal;
+pub mod lock;
+pub mod saved;
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -184,7 +187,7 @@ fn fchmod(fd: &OwnedFd, mode: u32, shown: &str) -> Result<()> {
 /// The state folder (GUARD_STATE_DIR or /var/lib/guard), 0700 and root's: made or checked
 /// before anything is written in it.
 pub fn state_dir_secure() -> Result<SecureDir> {
-    secure_dir(&crate::journal::state_dir(), Folder::State)
+    secure_dir(&crate::store::journal::state_dir(), Folder::State)
 }
 
 /// A folder of the state folder (`runs`, `saved`), both made or checked.

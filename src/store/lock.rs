@@ -133,7 +133,7 @@ fn lock_all_in(
 }
 
 fn run_lock_name(run_id: &str) -> Result<String> {
-    if !crate::journal::valid_run_id(run_id) {
+    if !crate::store::journal::valid_run_id(run_id) {
         return Err(Error::refused(
             format!("{run_id:?} is not a run id"),
             "list runs with `guard status --all`",

@@ -19,12 +19,13 @@
 //! Freezing comes before the COW is full, while it still has room for every dirty page of the
 //! page cache: the freeze flushes them into the COW. And no lvm command touches a volume while
 //! guard holds it frozen (on 6.1 kernels its suspend fails with EBUSY): resume thaws first.
+pub mod background;
 pub mod model;
 
-use crate::child::SignalState;
+use crate::dm::freeze::Frozen;
 use crate::dm::{self, Control, SnapshotUse};
 use crate::exec::system_command;
-use crate::freeze::Frozen;
+use crate::run::child::SignalState;
 use crate::size::human;
 use crate::ui;
 use model::{
@@ -65,13 +66,7 @@ const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(100);
 const RATE_WINDOW: Duration = Duration::from_millis(300);
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct Event {
-    pub at: String,
-    pub kind: String,
-    pub lv: String,
-    pub detail: String,
-}
+pub use crate::model::record::Event;
 
 #[derive(Debug, Clone)]
 pub struct WatchItem {
@@ -444,7 +439,7 @@ impl Watcher {
             &[("GUARD_LV", lv.clone()), ("GUARD_DETAIL", detail.clone())],
         );
         self.events.push(Event {
-            at: crate::journal::now_rfc3339(),
+            at: crate::store::journal::now_rfc3339(),
             kind: kind.into(),
             lv,
             detail,
@@ -799,7 +794,7 @@ impl Watcher {
         };
         cmd.arg("lvextend").arg("-q");
         // lvm archives metadata under /etc/lvm: on a filesystem this hold froze that would block
-        if crate::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
+        if crate::dm::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
             cmd.args(["--config", "backup{backup=0 archive=0}"]);
         }
         if metadata {
@@ -981,7 +976,7 @@ impl Watcher {
                     let run = &self.run_id;
                     // lvm archives its metadata under /etc/lvm: with / frozen a plain vgextend
                     // or lvremove would block there like any other writer
-                    let nb = if crate::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
+                    let nb = if crate::dm::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
                         " --config 'backup{backup=0 archive=0}'"
                     } else {
                         ""

@@ -4,7 +4,6 @@
 //! origin whose merge was deferred) are the second source of truth: a rollback of the filesystem
 //! holding this folder turns the journal back to the moment of the snapshot.
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,112 +17,7 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| DEFAULT_DIR.into())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Phase {
-    /// Written before the first snapshot: snapshots may or may not exist.
-    Snapshotting,
-    /// The command was started.
-    Running,
-    /// The command ended and the outcome is decided; the action may not have run yet.
-    Decided,
-    /// Merging snapshots back.
-    RollingBack,
-    /// Merges wait for the origins' next activation.
-    RollbackScheduled,
-    /// Removing snapshots after success.
-    Committing,
-    /// Snapshots kept on purpose, waiting for `guard commit` or `guard rollback`.
-    Kept,
-    /// Nothing left to do.
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Success,
-    Failure,
-    /// Stopped before the command ran (refused, interrupted, snapshot failed).
-    Aborted,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Final {
-    /// Snapshots removed: the change stays.
-    Committed,
-    /// Snapshots merged: the change is undone.
-    RolledBack,
-    /// Snapshots left for the operator.
-    Kept,
-    /// Nothing to do (aborted before the command).
-    Nothing,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TargetRecord {
-    pub vg: String,
-    pub lv: String,
-    pub snapshot: String,
-    pub thin: bool,
-    pub cow_bytes: Option<u64>,
-    pub mountpoints: Vec<PathBuf>,
-    /// The highest COW (thick) or pool data (thin) use seen, in percent.
-    #[serde(default)]
-    pub max_used_percent: Option<f64>,
-    /// Set once a rollback was attempted.
-    #[serde(default)]
-    pub rollback: Option<crate::model::TargetState>,
-    #[serde(default)]
-    pub note: Option<String>,
-    #[serde(default)]
-    pub extensions: u32,
-    #[serde(default)]
-    pub invalidated: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub schema: u32,
-    pub id: String,
-    pub started: String,
-    pub updated: String,
-    pub command: Vec<String>,
-    pub guard_pid: u32,
-    /// /proc/PID/stat start time, so a recycled PID is not taken for guard or its child.
-    pub guard_start: u64,
-    pub child_pid: Option<u32>,
-    pub child_start: Option<u64>,
-    pub phase: Phase,
-    pub on_failure: String,
-    pub on_success: String,
-    pub keep_until: Option<String>,
-    pub outcome: Option<Outcome>,
-    pub exit_status: Option<i32>,
-    pub reason: Option<String>,
-    pub final_state: Option<Final>,
-    pub targets: Vec<TargetRecord>,
-    /// Mount points guard froze and holds now: recover thaws them if guard died.
-    #[serde(default)]
-    pub frozen: Vec<PathBuf>,
-    /// What the watcher did: extensions, freezes, invalidations.
-    #[serde(default)]
-    pub events: Vec<crate::watcher::Event>,
-    /// Device-mapper devices guard holds suspended (the consistency point of a set): the
-    /// watchdog resumes them if guard dies; recover checks again.
-    #[serde(default)]
-    pub suspended: Vec<String>,
-    /// The policy the run followed (its rollback hooks apply to `guard rollback RUN` too).
-    #[serde(default)]
-    pub policy: Option<String>,
-    /// Why a command that exited 0 still counted as a failure.
-    #[serde(default)]
-    pub failed_check: Option<String>,
-    /// Paths outside the set archived before the snapshots (e.g. /boot): restored on rollback.
-    #[serde(default)]
-    pub saved: Vec<crate::saved::SavedPath>,
-}
+pub use crate::model::record::{Final, Outcome, Phase, RunRecord, TargetRecord};
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -243,7 +137,7 @@ impl Journal {
         let fallback = self.fallback_path(&rec.id);
         let primary = if crate::fault::fail("journal-write") {
             Err(Error::Other("test fault: journal write failed".into()))
-        } else if self.fallback.is_some() && crate::freeze::on_frozen_fs(&self.dir) {
+        } else if self.fallback.is_some() && crate::dm::freeze::on_frozen_fs(&self.dir) {
             // guard holds the journal's own filesystem frozen (the VG-full hold of / or /var):
             // writing there would block until a thaw only this process can do
             Err(Error::Other(format!(
@@ -290,7 +184,7 @@ impl Journal {
             return;
         };
         // a guard holds the journal's filesystem frozen: any write there would block
-        if crate::freeze::on_frozen_fs(&self.dir) {
+        if crate::dm::freeze::on_frozen_fs(&self.dir) {
             return;
         }
         let Ok(rd) = std::fs::read_dir(&fb) else {
@@ -310,7 +204,7 @@ impl Journal {
             if rec.guard_pid != 0 && process_alive(rec.guard_pid, rec.guard_start) {
                 continue;
             }
-            let Ok(Some(_lock)) = crate::lock::try_lock_run(id) else {
+            let Ok(Some(_lock)) = crate::store::lock::try_lock_run(id) else {
                 continue;
             };
             if self.write_to(&self.dir, &rec).is_ok() {

@@ -3,6 +3,8 @@
 //! takes the VG lock, and `dmsetup status` ~0.04 s. The watcher reads this many times a second.
 //! Written by hand against <linux/dm-ioctl.h> instead of the devicemapper crate, which needs
 //! bindgen, libclang and libdevmapper-dev to build, for the one ioctl guard uses.
+pub mod freeze;
+pub mod hold;
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;

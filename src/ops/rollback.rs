@@ -4,10 +4,10 @@
 //! `finish` completes deferred merges of volumes that can be closed now.
 use crate::error::{Error, Result};
 use crate::exec::{system_command, CommandExt};
-use crate::journal::{Final, Journal, Phase, RunRecord, TargetRecord};
 use crate::lvm::{self, Lvm, MergeState, MERGE_TAG_PREFIX};
 use crate::model::{SetRollback, TargetState};
 use crate::mounts;
+use crate::store::journal::{Final, Journal, Phase, RunRecord, TargetRecord};
 use crate::ui;
 use std::path::{Path, PathBuf};
 
@@ -59,8 +59,8 @@ pub fn verify_targets(lvs: &[lvm::Lv], rec: &RunRecord) -> Result<()> {
 
 /// The rollback hooks of the run's policy (kept in the journal): every rollback, whether the
 /// live run's, `guard rollback RUN`'s or recover's, stops and starts what the policy says.
-pub fn policy_hooks(rec: &RunRecord) -> Vec<crate::hooks::HookSpec> {
-    match rec.policy.as_deref().map(crate::policy::load_recorded) {
+pub fn policy_hooks(rec: &RunRecord) -> Vec<crate::run::hooks::HookSpec> {
+    match rec.policy.as_deref().map(crate::cli::policy::load_recorded) {
         Some(Ok(p)) => p.hooks,
         Some(Err(e)) => {
             ui::warn(&format!(
@@ -81,7 +81,7 @@ pub fn rollback_with_hooks(
     rec: &mut RunRecord,
     finish: bool,
 ) -> Result<Vec<String>> {
-    use crate::hooks::{run_point_reporting, HookEnv, HookPoint};
+    use crate::run::hooks::{run_point_reporting, HookEnv, HookPoint};
     // At boot (guard-recover.service, before sysinit.target) the services are not up yet and
     // a `systemctl start` would wait for the very boot that waits for guard: the boot itself
     // starts them, after the merge.
@@ -95,7 +95,7 @@ pub fn rollback_with_hooks(
     };
     let env = HookEnv::for_record(rec);
     run_point_reporting(&hooks, HookPoint::PreRollback, &env);
-    crate::keepwatch::room_for_deferred_merges(lvm, rec);
+    crate::watch::background::room_for_deferred_merges(lvm, rec);
     let mut todo = rollback_run(lvm, journal, rec)?;
     if finish && rec.phase == Phase::RollbackScheduled {
         let left = self::finish(lvm, journal, rec)?;
@@ -310,7 +310,7 @@ pub fn rollback_with(
         ));
     }
     if matches!(set, SetRollback::Complete | SetRollback::Scheduled) && !rec.saved.is_empty() {
-        let results = crate::saved::restore_all(&id, &rec.saved);
+        let results = crate::store::saved::restore_all(&id, &rec.saved);
         for r in &results {
             match r {
                 Ok(s) => ui::event(crate::log::Kind::RollbackCompleted, s, &[]),

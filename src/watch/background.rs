@@ -12,16 +12,16 @@
 //! systemd, restarted if it fails), it re-reads the journal every second when it changed, the
 //! VGs' free space every 10 s, and ends when no such run is left. An lvs or journal error is
 //! logged and retried with a growing pause; it does not end the watch.
-use crate::child::SignalState;
 use crate::error::Result;
-use crate::journal::{Journal, Phase, RunRecord};
 use crate::lvm::{self, Lvm};
 use crate::model::TargetState;
+use crate::run::child::SignalState;
 use crate::size::human;
+use crate::store::journal::{Journal, Phase, RunRecord};
 use crate::store::{Open, SecureDir};
 use crate::ui;
-use crate::watcher::model::merge_room;
-use crate::watcher::{Event, WatchConfig, WatchItem, Watcher, WhenFull, DEFAULT_EXTEND_AT};
+use crate::watch::model::merge_room;
+use crate::watch::{Event, WatchConfig, WatchItem, Watcher, WhenFull, DEFAULT_EXTEND_AT};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ fn watched(journal: &Journal) -> Vec<RunRecord> {
 /// Stands for runs that could not be read, so that `guard watch` keeps going and retries.
 fn unreadable_placeholder() -> RunRecord {
     serde_json::from_value(serde_json::json!({
-        "schema": crate::journal::SCHEMA, "id": "(unreadable)", "started": "", "updated": "",
+        "schema": crate::store::journal::SCHEMA, "id": "(unreadable)", "started": "", "updated": "",
         "command": [], "guard_pid": 0, "guard_start": 0, "child_pid": null, "child_start": null,
         "phase": "kept", "on_failure": "keep", "on_success": "keep", "keep_until": null,
         "outcome": null, "exit_status": null, "reason": null, "final_state": null, "targets": []
@@ -137,7 +137,7 @@ fn announce(dir: &SecureDir, ids: &[String]) {
 
 /// Whether the background watcher has taken the run on.
 pub fn is_watched(run: &str) -> bool {
-    crate::lock::open_lock_dir()
+    crate::store::lock::open_lock_dir()
         .and_then(|d| d.read_to_string(READY))
         .ok()
         .flatten()
@@ -153,7 +153,7 @@ fn save_events(journal: &Journal, id: &str, w: &mut Watcher) -> Result<()> {
     // Under the run's lock, on the record as it is now: never "kept" written back over a
     // commit or rollback that finished meanwhile. A run held by another command keeps its
     // events for the next try.
-    let Some(_lock) = crate::lock::try_lock_run(id)? else {
+    let Some(_lock) = crate::store::lock::try_lock_run(id)? else {
         return Ok(());
     };
     // an error keeps the events for the next try
@@ -189,7 +189,7 @@ fn save_all(journal: &Journal, watchers: &mut [(String, Watcher)]) {
 /// read every second, so a newly kept run is taken on at once; `lvs` only when the set changes.
 pub fn watch(lvm: &dyn Lvm, journal: &Journal, period: Duration, once: bool) -> Result<i32> {
     // One watcher for all kept runs: a second `guard watch` leaves it to the first.
-    let dir = crate::lock::open_lock_dir()?;
+    let dir = crate::store::lock::open_lock_dir()?;
     let file = dir.open("watch.lock", Open::Create)?;
     let Ok(_lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
     else {
@@ -456,7 +456,7 @@ pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
                     );
                     ui::say(&format!("{name}: extended {detail}"));
                     events.push(Event {
-                        at: crate::journal::now_rfc3339(),
+                        at: crate::store::journal::now_rfc3339(),
                         kind: "extended".into(),
                         lv: name.clone(),
                         detail,
@@ -480,7 +480,7 @@ pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
             );
             ui::warn(&format!("{name}: {detail}"));
             events.push(Event {
-                at: crate::journal::now_rfc3339(),
+                at: crate::store::journal::now_rfc3339(),
                 kind: "merge-room-short".into(),
                 lv: name,
                 detail,

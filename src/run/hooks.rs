@@ -74,8 +74,8 @@ pub struct HookEnv {
 
 impl HookEnv {
     /// What the hooks around a decision are told: the run, its targets, the command's outcome.
-    pub fn for_record(rec: &crate::journal::RunRecord) -> HookEnv {
-        use crate::journal::Outcome;
+    pub fn for_record(rec: &crate::store::journal::RunRecord) -> HookEnv {
+        use crate::store::journal::Outcome;
         HookEnv {
             run_id: rec.id.clone(),
             targets: rec
@@ -418,7 +418,7 @@ pub fn check_from_flag(s: &str) -> Result<CheckSpec> {
     Ok(CheckSpec {
         name: s.to_string(),
         argv,
-        timeout: crate::policy::DEFAULT_CHECK_TIMEOUT,
+        timeout: crate::cli::policy::DEFAULT_CHECK_TIMEOUT,
         fail_on_output: false,
     })
 }
@@ -511,10 +511,10 @@ mod tests {
         let mut dirs = vec![dir.path().to_path_buf()];
         dirs.extend(std::env::split_paths(&old));
         std::env::set_var("PATH", std::env::join_paths(dirs).unwrap());
-        let by_path = crate::child::resolve_program(std::ffi::OsStr::new(only_here));
+        let by_path = crate::run::child::resolve_program(std::ffi::OsStr::new(only_here));
         let hidden = resolve_program(only_here);
         let flag = check_from_flag(only_here);
-        let policy = crate::policy::parse(
+        let policy = crate::cli::policy::parse(
             "t",
             "t.toml",
             &format!("[[hook]]\nwhen = \"pre_rollback\"\nrun = [\"{only_here}\"]\n[[check]]\nrun = [\"env\"]\n"),
@@ -542,8 +542,8 @@ mod tests {
         assert!(e.contains("t.toml:3:1"), "{e}");
         assert!(e.contains(SECURE_PATH), "{e}");
         assert_eq!(env.unwrap(), Path::new("/usr/bin/env"));
-        let p =
-            crate::policy::parse("t", "t.toml", "[[check]]\nrun = [\"env\", \"-0\"]\n").unwrap();
+        let p = crate::cli::policy::parse("t", "t.toml", "[[check]]\nrun = [\"env\", \"-0\"]\n")
+            .unwrap();
         assert_eq!(p.checks[0].argv, ["/usr/bin/env", "-0"]);
         sees.expect("a hook runs with PATH set to the secure path");
         // relative paths would be found from the current folder: refused

@@ -1,0 +1,128 @@
+//! The run record as the journal keeps it: phases, outcomes, per-target states, the watcher's
+//! events, saved paths. Types only, no I/O: the store writes them, everything else reads them.
+use super::TargetState;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What the watcher (or a rollback) did, as the journal and the report show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: String,
+    pub kind: String,
+    pub lv: String,
+    pub detail: String,
+}
+
+/// A path outside LVM archived before the change (e.g. /boot), put back on rollback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedPath {
+    pub path: PathBuf,
+    pub archive: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Written before the first snapshot: snapshots may or may not exist.
+    Snapshotting,
+    /// The command was started.
+    Running,
+    /// The command ended and the outcome is decided; the action may not have run yet.
+    Decided,
+    /// Merging snapshots back.
+    RollingBack,
+    /// Merges wait for the origins' next activation.
+    RollbackScheduled,
+    /// Removing snapshots after success.
+    Committing,
+    /// Snapshots kept on purpose, waiting for `guard commit` or `guard rollback`.
+    Kept,
+    /// Nothing left to do.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// Stopped before the command ran (refused, interrupted, snapshot failed).
+    Aborted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Final {
+    /// Snapshots removed: the change stays.
+    Committed,
+    /// Snapshots merged: the change is undone.
+    RolledBack,
+    /// Snapshots left for the operator.
+    Kept,
+    /// Nothing to do (aborted before the command).
+    Nothing,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub vg: String,
+    pub lv: String,
+    pub snapshot: String,
+    pub thin: bool,
+    pub cow_bytes: Option<u64>,
+    pub mountpoints: Vec<PathBuf>,
+    /// The highest COW (thick) or pool data (thin) use seen, in percent.
+    #[serde(default)]
+    pub max_used_percent: Option<f64>,
+    /// Set once a rollback was attempted.
+    #[serde(default)]
+    pub rollback: Option<TargetState>,
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub extensions: u32,
+    #[serde(default)]
+    pub invalidated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema: u32,
+    pub id: String,
+    pub started: String,
+    pub updated: String,
+    pub command: Vec<String>,
+    pub guard_pid: u32,
+    /// /proc/PID/stat start time, so a recycled PID is not taken for guard or its child.
+    pub guard_start: u64,
+    pub child_pid: Option<u32>,
+    pub child_start: Option<u64>,
+    pub phase: Phase,
+    pub on_failure: String,
+    pub on_success: String,
+    pub keep_until: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub exit_status: Option<i32>,
+    pub reason: Option<String>,
+    pub final_state: Option<Final>,
+    pub targets: Vec<TargetRecord>,
+    /// Mount points guard froze and holds now: recover thaws them if guard died.
+    #[serde(default)]
+    pub frozen: Vec<PathBuf>,
+    /// What the watcher did: extensions, freezes, invalidations.
+    #[serde(default)]
+    pub events: Vec<Event>,
+    /// Device-mapper devices guard holds suspended (the consistency point of a set): the
+    /// watchdog resumes them if guard dies; recover checks again.
+    #[serde(default)]
+    pub suspended: Vec<String>,
+    /// The policy the run followed (its rollback hooks apply to `guard rollback RUN` too).
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Why a command that exited 0 still counted as a failure.
+    #[serde(default)]
+    pub failed_check: Option<String>,
+    /// Paths outside the set archived before the snapshots (e.g. /boot): restored on rollback.
+    #[serde(default)]
+    pub saved: Vec<SavedPath>,
+}
