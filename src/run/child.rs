@@ -196,14 +196,26 @@ pub struct RunSpec<'a> {
     pub first_tick: Duration,
 }
 
-/// Runs the command to its end. `spawned` is told the PID at once; `tick` runs while the
-/// command lives and returns how long to wait before it runs again.
-pub fn run(
-    spec: &RunSpec,
-    sig: &SignalState,
-    spawned: &mut dyn FnMut(u32),
-    tick: &mut dyn FnMut() -> Duration,
-) -> Result<Finished> {
+/// What watches the command while it runs (the COW watcher, and the journal it updates).
+pub trait Observer {
+    /// The command started: its PID (also its process group).
+    fn spawned(&mut self, pid: u32);
+    /// Runs while the command lives; returns how long to wait before the next call.
+    fn tick(&mut self) -> Duration;
+}
+
+/// An observer that only waits (tests, and commands nobody watches).
+pub struct Idle(pub Duration);
+
+impl Observer for Idle {
+    fn spawned(&mut self, _pid: u32) {}
+    fn tick(&mut self) -> Duration {
+        self.0
+    }
+}
+
+/// Runs the command to its end, telling `obs` its PID at once and ticking it while it lives.
+pub fn run(spec: &RunSpec, sig: &SignalState, obs: &mut dyn Observer) -> Result<Finished> {
     let program = resolve_program(&spec.argv[0])?;
     let mut cmd = Command::new(&program);
     cmd.arg0(&spec.argv[0])
@@ -236,7 +248,7 @@ pub fn run(
         // also from this side: whichever runs first, the child owns the terminal before it reads
         give_terminal(pid as i32);
     }
-    spawned(pid);
+    obs.spawned(pid);
     // A signal that came while the command was starting: pass it on now.
     if let Ok(s) = Signal::try_from(sig.pending.swap(0, Ordering::SeqCst)) {
         let _ = killpg(Pid::from_raw(pid as i32), s);
@@ -256,7 +268,7 @@ pub fn run(
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        wait = tick();
+        wait = obs.tick();
         let now = Instant::now();
         match (deadline, killed_at) {
             (Some(d), None) if now >= d => {
@@ -339,7 +351,7 @@ mod tests {
                 timeout,
                 first_tick: Duration::from_millis(20),
             };
-            run(&spec, &sig, &mut |_| {}, &mut || Duration::from_millis(20))
+            run(&spec, &sig, &mut Idle(Duration::from_millis(20)))
                 .unwrap()
                 .exit
         };

@@ -16,7 +16,6 @@ use crate::store::journal::{self, Final, Journal, Outcome, Phase, RunRecord, Tar
 use crate::store::lock::{self, LockTarget};
 use crate::ui;
 use crate::watch::{WatchConfig, WatchItem, Watcher};
-use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -86,6 +85,8 @@ pub fn run(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> i32 {
     }
 }
 
+/// The guarded run, stage by stage: plan → lock → hooks → snapshot → run → decide → settle
+/// → report. Each stage journals what it did before the next acts on it.
 fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     // Not found / not executable must be known before anything changes.
     if opts.command.is_empty() {
@@ -98,75 +99,22 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     let sig = SignalState::install()?;
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
-    let table = crate::mounts::read()?;
-    let resolved = plan::resolve(lvm, &table, &opts.request)?;
-    let to_save = off_lvm(&resolved, &table, &opts.save_unless_on_lvm);
-    for p in off_lvm(&resolved, &table, &opts.warn_unless_on_lvm) {
-        ui::warn(&off_lvm_warning(&p, to_save.contains(&p)));
-    }
+    let planned = plan_stage(lvm, opts)?;
     if opts.dry_run {
-        let plan = plan::check_and_size(&resolved, &table, &opts.request, &run_id)?;
+        let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
         ui::print_block("dry run: nothing was changed\n");
         return Ok(0);
     }
-    // Lock before the state checks: a second guard on a volume in use should hear who holds it.
-    let holder = format!("run {run_id}: guard -- {}", lossy(&opts.command).join(" "));
-    let lock_targets: Vec<LockTarget> = resolved
-        .volumes()
-        .into_iter()
-        .map(|(uuid, name)| LockTarget { uuid, name })
-        .collect();
-    let (_locks, waited) = lock::lock_all(&lock_targets, &holder, opts.wait)?;
-    // and the run itself, for the commands that act on a run by its id
-    let _run_lock = lock::lock_run(&run_id, &holder, false)?;
-    let plan = if waited {
-        // The run we waited for may have left snapshots or a pending merge: look again.
-        plan::build(lvm, &crate::mounts::read()?, &opts.request, &run_id)?
-    } else {
-        plan::check_and_size(&resolved, &table, &opts.request, &run_id)?
-    };
+    let (_locks, plan) = lock_stage(lvm, opts, &run_id, &planned)?;
     let started = Instant::now();
     let env = HookEnv {
         run_id: run_id.clone(),
         targets: names(&plan),
         ..Default::default()
     };
-    let before = |e: Error| {
-        Error::refused(
-            format!("{e}; nothing was changed"),
-            "fix the hook (see `guard policy check`), or run without the policy",
-        )
-    };
-    hooks::run_point(&opts.hooks, HookPoint::PreSnapshot, &env).map_err(before)?;
-    // Holds (a database lock in an open session) are in place before the snapshots and end
-    // once they exist; dropping them on an error path ends them too.
-    let mut holds = Vec::new();
-    for h in opts.hooks.iter().filter(|h| h.when == HookPoint::Hold) {
-        holds.push(hooks::start_hold(h, &env).map_err(before)?);
-    }
-    let mut rec = new_record(&plan, opts);
-    if !to_save.is_empty() {
-        rec.saved = crate::store::saved::save(&run_id, &to_save).map_err(|e| {
-            crate::store::saved::discard(&run_id);
-            Error::refused(
-                format!("cannot save a copy of a path outside LVM: {e}; nothing was changed"),
-                "free space under /var/lib/guard, or move the path to an LV",
-            )
-        })?;
-    }
-    journal.create_exclusive(&mut rec)?;
-    ui::event(
-        Kind::Plan,
-        &format!("run {run_id}: protecting {}", names(&plan)),
-        &[("GUARD_COMMAND", lossy(&opts.command).join(" "))],
-    );
-    snapshot_set(lvm, journal, &plan, &mut rec, opts)?;
-    for mut h in holds {
-        h.end();
-    }
-    hooks::run_point_reporting(&opts.hooks, HookPoint::PostSnapshot, &env);
-
+    let holds = hooks_stage(opts, &env)?;
+    let mut rec = snapshot_stage(lvm, journal, opts, &plan, &planned.to_save, holds, &env)?;
     if let Some(s) = sig.pending() {
         abort_after_snapshots(
             lvm,
@@ -176,47 +124,8 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         )?;
         return Ok(128 + s);
     }
-
-    rec.phase = Phase::Running;
-    journal.write(&mut rec)?;
-    let mut watcher = new_watcher(&plan, opts.watch);
-    let spec = RunSpec {
-        argv: &opts.command,
-        env: vec![("GUARD_RUN".into(), run_id.clone())],
-        timeout: opts.timeout,
-        first_tick: Duration::from_millis(20),
-    };
-    // Both callbacks update the journal record: share it through a RefCell.
-    let rec_cell = RefCell::new(rec);
-    let child_pid = Cell::new(0u32);
-    let mut on_spawn = |pid: u32| {
-        child_pid.set(pid);
-        let mut r = rec_cell.borrow_mut();
-        r.child_pid = Some(pid);
-        r.child_start = journal::process_start(pid);
-        if let Err(e) = journal.write(&mut r) {
-            ui::warn(&format!("cannot record the command's PID: {e}"));
-        }
-    };
-    let mut tick = || {
-        watcher.set_pgid(child_pid.get() as i32);
-        let next = watcher.tick(&sig);
-        if watcher.take_changed() {
-            let mut r = rec_cell.borrow_mut();
-            r.frozen = watcher.frozen_paths();
-            r.events = watcher.events.clone();
-            if let Err(e) = journal.write(&mut r) {
-                ui::warn(&format!("cannot journal the watcher's state: {e}"));
-            }
-        }
-        next
-    };
-    let result = child::run(&spec, &sig, &mut on_spawn, &mut tick);
-    watcher.settle(&sig);
-    watcher.finish();
-    let mut rec = rec_cell.into_inner();
-    record_watch(&mut rec, &watcher);
-    let finished = match result {
+    let (finished, watcher, mut rec) = run_stage(journal, opts, &plan, rec, &sig)?;
+    let finished = match finished {
         Ok(f) => f,
         Err(e) => {
             // It could not start after all: nothing ran, so nothing to roll back.
@@ -224,6 +133,213 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
+    let code = decide_stage(
+        lvm, journal, opts, &mut rec, &finished, &watcher, &sig, &env,
+    )?;
+    crate::fault::pause("before-decision");
+    let todo = apply_decision(lvm, journal, &mut rec, opts, &watcher);
+    let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
+    emit_report(&report, opts);
+    Ok(code)
+}
+
+/// What planning found before anything is locked or changed.
+struct Planned {
+    table: Vec<crate::mounts::Mount>,
+    resolved: plan::Resolved,
+    /// Paths outside LVM to save before the change (e.g. /boot).
+    to_save: Vec<PathBuf>,
+}
+
+/// plan: the targets, and the warnings about what a rollback will not reach.
+fn plan_stage(lvm: &dyn Lvm, opts: &RunOptions) -> Result<Planned> {
+    let table = crate::mounts::read()?;
+    let resolved = plan::resolve(lvm, &table, &opts.request)?;
+    let to_save = off_lvm(&resolved, &table, &opts.save_unless_on_lvm);
+    for p in off_lvm(&resolved, &table, &opts.warn_unless_on_lvm) {
+        ui::warn(&off_lvm_warning(&p, to_save.contains(&p)));
+    }
+    Ok(Planned {
+        table,
+        resolved,
+        to_save,
+    })
+}
+
+/// The locks a run holds for its whole life.
+struct RunLocks {
+    _lvs: lock::LvLocks,
+    _run: lock::RunLock,
+}
+
+/// lock: the volumes (a second guard on one of them is refused, naming the holder, or waits),
+/// then the run; the plan is checked (and sized) under the locks.
+fn lock_stage(
+    lvm: &dyn Lvm,
+    opts: &RunOptions,
+    run_id: &str,
+    planned: &Planned,
+) -> Result<(RunLocks, Plan)> {
+    // Lock before the state checks: a second guard on a volume in use should hear who holds it.
+    let holder = format!("run {run_id}: guard -- {}", lossy(&opts.command).join(" "));
+    let lock_targets: Vec<LockTarget> = planned
+        .resolved
+        .volumes()
+        .into_iter()
+        .map(|(uuid, name)| LockTarget { uuid, name })
+        .collect();
+    let (lvs, waited) = lock::lock_all(&lock_targets, &holder, opts.wait)?;
+    // and the run itself, for the commands that act on a run by its id
+    let run = lock::lock_run(run_id, &holder, false)?;
+    let plan = if waited {
+        // The run we waited for may have left snapshots or a pending merge: look again.
+        plan::build(lvm, &crate::mounts::read()?, &opts.request, run_id)?
+    } else {
+        plan::check_and_size(&planned.resolved, &planned.table, &opts.request, run_id)?
+    };
+    Ok((
+        RunLocks {
+            _lvs: lvs,
+            _run: run,
+        },
+        plan,
+    ))
+}
+
+/// hooks: pre_snapshot, then the holds (a database lock in an open session), in place before
+/// the snapshots; dropping them on an error path ends them too.
+fn hooks_stage(opts: &RunOptions, env: &HookEnv) -> Result<Vec<hooks::Hold>> {
+    let before = |e: Error| {
+        Error::refused(
+            format!("{e}; nothing was changed"),
+            "fix the hook (see `guard policy check`), or run without the policy",
+        )
+    };
+    hooks::run_point(&opts.hooks, HookPoint::PreSnapshot, env).map_err(before)?;
+    let mut holds = Vec::new();
+    for h in opts.hooks.iter().filter(|h| h.when == HookPoint::Hold) {
+        holds.push(hooks::start_hold(h, env).map_err(before)?);
+    }
+    Ok(holds)
+}
+
+/// snapshot: the record (its first write is exclusive), the copies of paths outside LVM,
+/// the snapshots of the set, then the holds end and post_snapshot runs.
+fn snapshot_stage(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    opts: &RunOptions,
+    plan: &Plan,
+    to_save: &[PathBuf],
+    holds: Vec<hooks::Hold>,
+    env: &HookEnv,
+) -> Result<RunRecord> {
+    let run_id = &plan.run_id;
+    let mut rec = new_record(plan, opts);
+    if !to_save.is_empty() {
+        rec.saved = crate::store::saved::save(run_id, to_save).map_err(|e| {
+            crate::store::saved::discard(run_id);
+            Error::refused(
+                format!("cannot save a copy of a path outside LVM: {e}; nothing was changed"),
+                "free space under /var/lib/guard, or move the path to an LV",
+            )
+        })?;
+    }
+    journal.create_exclusive(&mut rec)?;
+    ui::event(
+        Kind::Plan,
+        &format!("run {run_id}: protecting {}", names(plan)),
+        &[("GUARD_COMMAND", lossy(&opts.command).join(" "))],
+    );
+    snapshot_set(lvm, journal, plan, &mut rec, opts)?;
+    for mut h in holds {
+        h.end();
+    }
+    hooks::run_point_reporting(&opts.hooks, HookPoint::PostSnapshot, env);
+    Ok(rec)
+}
+
+/// While the command runs: the watcher ticks, and what it changes (frozen paths, events) and
+/// the command's PID go into the journal.
+struct Watching<'a> {
+    journal: &'a Journal,
+    sig: &'a SignalState,
+    rec: RunRecord,
+    watcher: Watcher,
+}
+
+impl child::Observer for Watching<'_> {
+    fn spawned(&mut self, pid: u32) {
+        self.watcher.set_pgid(pid as i32);
+        self.rec.child_pid = Some(pid);
+        self.rec.child_start = journal::process_start(pid);
+        if let Err(e) = self.journal.write(&mut self.rec) {
+            ui::warn(&format!("cannot record the command's PID: {e}"));
+        }
+    }
+
+    fn tick(&mut self) -> Duration {
+        let next = self.watcher.tick(self.sig);
+        if self.watcher.take_changed() {
+            self.rec.frozen = self.watcher.frozen_paths();
+            self.rec.events = self.watcher.events.clone();
+            if let Err(e) = self.journal.write(&mut self.rec) {
+                ui::warn(&format!("cannot journal the watcher's state: {e}"));
+            }
+        }
+        next
+    }
+}
+
+/// run: the command under the watcher; then settle (its dirty pages land while still watched).
+#[allow(clippy::type_complexity)]
+fn run_stage(
+    journal: &Journal,
+    opts: &RunOptions,
+    plan: &Plan,
+    mut rec: RunRecord,
+    sig: &SignalState,
+) -> Result<(Result<child::Finished>, Watcher, RunRecord)> {
+    rec.phase = Phase::Running;
+    journal.write(&mut rec)?;
+    let spec = RunSpec {
+        argv: &opts.command,
+        env: vec![("GUARD_RUN".into(), plan.run_id.clone())],
+        timeout: opts.timeout,
+        first_tick: Duration::from_millis(20),
+    };
+    let mut w = Watching {
+        journal,
+        sig,
+        rec,
+        watcher: new_watcher(plan, opts.watch),
+    };
+    let result = child::run(&spec, sig, &mut w);
+    let Watching {
+        mut rec,
+        mut watcher,
+        ..
+    } = w;
+    watcher.settle(sig);
+    watcher.finish();
+    record_watch(&mut rec, &watcher);
+    Ok((result, watcher, rec))
+}
+
+/// decide: success or failure, from the exit status, the operator's requests and the health
+/// checks; journaled (and, if the journal could not take it, tagged on the snapshots) before
+/// anything acts on it. Returns guard's exit code.
+#[allow(clippy::too_many_arguments)]
+fn decide_stage(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    opts: &RunOptions,
+    rec: &mut RunRecord,
+    finished: &child::Finished,
+    watcher: &Watcher,
+    sig: &SignalState,
+    env: &HookEnv,
+) -> Result<i32> {
     if sig.hung_up() {
         ui::warn(
             "the terminal hung up while the command ran; the transaction was completed anyway",
@@ -268,7 +384,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         code = EXIT_CHECK_FAILED;
     }
     rec.phase = Phase::Decided;
-    journal.write(&mut rec)?;
+    journal.write(rec)?;
     if journal.fell_back(&rec.id) {
         // /run does not survive a reboot: keep the decision in the VG metadata too, so that
         // recover at boot does not take a success for a run of unknown outcome
@@ -287,11 +403,6 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             }
         }
     }
-    crate::fault::pause("before-decision");
-
-    let todo = apply_decision(lvm, journal, &mut rec, opts, &watcher);
-    let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
-    emit_report(&report, opts);
     Ok(code)
 }
 
