@@ -132,6 +132,9 @@ pub fn recover(lvm: &dyn Lvm, journal: &Journal, expire: bool) -> Result<Summary
             }
         }
     }
+    if let Some(s) = crate::watch::dirty::restore_after_crash() {
+        sum.did(s);
+    }
     journal.catch_up();
     let (runs, problems) = journal.list();
     for p in problems {

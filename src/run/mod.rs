@@ -314,6 +314,7 @@ fn run_stage(
         rec,
         watcher: new_watcher(plan, opts.watch),
     };
+    w.watcher.bound_dirty_cache();
     let result = child::run(&spec, sig, &mut w);
     let Watching {
         mut rec,

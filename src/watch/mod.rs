@@ -20,6 +20,7 @@
 //! page cache: the freeze flushes them into the COW. And no lvm command touches a volume while
 //! guard holds it frozen (on 6.1 kernels its suspend fails with EBUSY): resume thaws first.
 pub mod background;
+pub mod dirty;
 pub mod model;
 
 use crate::dm::freeze::Frozen;
@@ -330,6 +331,8 @@ pub struct Watcher {
     /// The items whose filesystems this hold froze (a second item of the set can reach its
     /// limit while the first is held: it is held too, never instead).
     held_items: std::collections::BTreeSet<usize>,
+    /// Lowered dirty page limits while the room is short (the live run only: see dirty.rs).
+    dirty_limit: Option<dirty::DirtyLimit>,
     held: bool,
     continue_noted: BTreeSet<usize>,
     pub events: Vec<Event>,
@@ -368,6 +371,7 @@ impl Watcher {
             braked: false,
             frozen: None,
             held_items: Default::default(),
+            dirty_limit: None,
             held: false,
             continue_noted: BTreeSet::new(),
             events: Vec::new(),
@@ -408,6 +412,63 @@ impl Watcher {
     /// The VG's free space as read now. Room again (the operator added a disk, removed an LV)
     /// ends "VG full": a watcher that read the free space once would never extend again.
     /// A hold is left to `guard resume`, which also thaws.
+    /// The live run bounds the dirty page cache while its room is short (dirty.rs); the
+    /// background watcher does not (it watches many runs, for hours).
+    pub fn bound_dirty_cache(&mut self) {
+        self.dirty_limit.get_or_insert_with(Default::default);
+    }
+
+    /// The COW room left to the tightest target: what its snapshot (or pool) still holds plus
+    /// what its VG can still give it.
+    fn min_room(&self) -> Option<(usize, u64)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| !it.invalid && it.size > 0)
+            .map(|(i, it)| {
+                let vg = if self.vg_full.contains(&it.vg) {
+                    0
+                } else {
+                    self.vg_free.get(&it.vg).copied().unwrap_or(0)
+                };
+                (i, it.size.saturating_sub(it.used) + vg)
+            })
+            .min_by_key(|&(_, r)| r)
+    }
+
+    fn bound_dirty(&mut self) {
+        if self.dirty_limit.is_none() {
+            return;
+        }
+        let Some((i, room)) = self.min_room() else {
+            return;
+        };
+        let current = self
+            .dirty_limit
+            .as_ref()
+            .and_then(|d| d.current)
+            .unwrap_or_else(dirty::effective_limit);
+        let Some(target) = dirty::target_for(room, current) else {
+            return;
+        };
+        let was = current;
+        match self.dirty_limit.as_mut().map(|d| d.tighten(target)) {
+            Some(Ok(true)) => {
+                let name = self.items[i].name();
+                let detail = format!(
+                    "bounded the dirty page cache to {} (was {}): {name} has {} of room left, and whatever is dirty must fit in it",
+                    human(target),
+                    if was == u64::MAX { "unlimited".to_string() } else { human(was) },
+                    human(room)
+                );
+                ui::say(&format!("{name}: {detail}"));
+                self.event("dirty-limit", name, detail);
+            }
+            Some(Err(e)) => ui::warn(&format!("cannot bound the dirty page cache: {e}")),
+            _ => {}
+        }
+    }
+
     pub fn set_vg_free(&mut self, vg: &str, free: u64) {
         self.vg_free.insert(vg.to_string(), free);
         if free >= MIN_STEP && !self.held && self.vg_full.remove(vg) {
@@ -525,6 +586,7 @@ impl Watcher {
             let dirty = self.dirty_for(i);
             self.decide(i, dirty);
         }
+        self.bound_dirty();
         self.draw();
         if hot {
             FAST
@@ -1159,6 +1221,10 @@ impl Watcher {
     /// After the command: nothing left frozen or stopped, the live line cleared.
     pub fn finish(&mut self) {
         self.wait_inflight();
+        // the command's writes have landed (settle): the kernel's own limits again
+        if let Some(d) = self.dirty_limit.as_mut() {
+            d.restore();
+        }
         if let Some(mut f) = self.frozen.take() {
             if let Err(e) = f.thaw_all() {
                 ui::error(&e.to_string());

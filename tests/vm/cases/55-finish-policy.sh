@@ -47,7 +47,7 @@ begin policy_finish_stops_merges_mounts_then_starts
 mkfs_lv app 64M /mnt/app; app_policy; rm -f /tmp/w/app-events
 guard policy check app > pc 2>&1
 check_out "guard policy check shows finish" pc "finish: +yes"
-/usr/bin/appctl start
+/usr/bin/appctl start; : > /tmp/w/app-events
 check "the service runs before the change" log_grows
 guard --policy app -- sh -c 'echo broken > /mnt/app/f; sync; exit 1' > out 2>&1; rc=$?
 check_eq "the deployment's failure passes through (1)" "$rc" 1
@@ -64,7 +64,7 @@ end
 
 begin policy_finish_with_a_busy_mount_leaves_it_scheduled_and_the_service_stopped
 mkfs_lv app 64M /mnt/app; app_policy; rm -f /tmp/w/app-events
-/usr/bin/appctl start
+/usr/bin/appctl start; : > /tmp/w/app-events
 # something the hooks do not stop keeps the mount point busy
 ( cd /mnt/app && exec sleep 300 ) &
 hp=$!
