@@ -240,40 +240,63 @@ pub fn rollback_with(
                 t.rollback = Some(TargetState::Scheduled);
                 t.note = Some(completes_by(t, &id));
             }
-            Some(_) => match lvm.merge(&t.vg, &t.snapshot) {
-                Ok(MergeState::Done) => {
-                    t.rollback = Some(TargetState::Done);
-                    t.note = None;
-                    ui::event(
-                        crate::log::Kind::RollbackCompleted,
-                        &format!("{name}: rolled back"),
-                        &[("GUARD_LV", name.clone())],
-                    );
-                }
-                Ok(MergeState::Deferred) => {
-                    t.rollback = Some(TargetState::Scheduled);
-                    t.note = Some(completes_by(t, &id));
-                    if let Err(e) = lvm.add_tag(&t.vg, &t.lv, &format!("{MERGE_TAG_PREFIX}{id}")) {
-                        ui::warn(&format!("cannot tag {name} with its pending merge: {e}"));
+            Some(_) => {
+                // A mounted origin may hold the journal itself, which its deferred merge turns
+                // back at the next activation: the tag that says the merge was started goes on
+                // before the merge, so that no moment exists where the merge is pending and the
+                // VG metadata does not say so (recover merges a tagged set's unmerged snapshots,
+                // it never takes them for leftovers). A closed origin merges at once.
+                let tag = format!("{MERGE_TAG_PREFIX}{id}");
+                let pre_tagged = !t.mountpoints.is_empty() && !origin_tagged && {
+                    match lvm.add_tag(&t.vg, &t.lv, &tag) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            ui::warn(&format!("cannot tag {name} before its merge: {e}"));
+                            false
+                        }
                     }
-                    ui::event(
-                        crate::log::Kind::RollbackScheduled,
-                        &format!(
-                            "{name}: rollback scheduled, completes {}",
-                            completes_by(t, &id)
-                        ),
-                        &[("GUARD_LV", name.clone())],
-                    );
+                };
+                let merged = lvm.merge(&t.vg, &t.snapshot);
+                if pre_tagged && !matches!(merged, Ok(MergeState::Deferred)) {
+                    let _ = lvm.del_tag(&t.vg, &t.lv, &tag);
                 }
-                Err(e) => {
-                    // The snapshot is still there: the rollback point is kept and the run stays
-                    // in RollingBack, so `guard rollback RUN` (or recover) tries again.
-                    ui::error(&format!("{name}: the merge failed: {e}"));
-                    t.rollback = Some(TargetState::Failed);
-                    t.note = Some(e.to_string());
-                    errors.push(format!("{name}: {e}"));
+                match merged {
+                    Ok(MergeState::Done) => {
+                        t.rollback = Some(TargetState::Done);
+                        t.note = None;
+                        ui::event(
+                            crate::log::Kind::RollbackCompleted,
+                            &format!("{name}: rolled back"),
+                            &[("GUARD_LV", name.clone())],
+                        );
+                    }
+                    Ok(MergeState::Deferred) => {
+                        t.rollback = Some(TargetState::Scheduled);
+                        t.note = Some(completes_by(t, &id));
+                        if !pre_tagged && !origin_tagged {
+                            if let Err(e) = lvm.add_tag(&t.vg, &t.lv, &tag) {
+                                ui::warn(&format!("cannot tag {name} with its pending merge: {e}"));
+                            }
+                        }
+                        ui::event(
+                            crate::log::Kind::RollbackScheduled,
+                            &format!(
+                                "{name}: rollback scheduled, completes {}",
+                                completes_by(t, &id)
+                            ),
+                            &[("GUARD_LV", name.clone())],
+                        );
+                    }
+                    Err(e) => {
+                        // The snapshot is still there: the rollback point is kept and the run stays
+                        // in RollingBack, so `guard rollback RUN` (or recover) tries again.
+                        ui::error(&format!("{name}: the merge failed: {e}"));
+                        t.rollback = Some(TargetState::Failed);
+                        t.note = Some(e.to_string());
+                        errors.push(format!("{name}: {e}"));
+                    }
                 }
-            },
+            }
         }
         match t.rollback {
             Some(TargetState::Scheduled) => todo.push(format!(

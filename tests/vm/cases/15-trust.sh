@@ -238,3 +238,22 @@ wait $gpid
 check "both thawed: writes work again" sh -c 'echo ok > /mnt/a/after && echo ok > /mnt/b/after'
 kill $wp 2>/dev/null; wait $wp 2>/dev/null
 end
+
+# Review (item 1): `guard rollback RUN` that arrives while the health checks run (the command has
+# ended, the record still says running) is honoured, not dropped with the change committed.
+begin a_rollback_request_during_the_health_checks_is_honoured
+mkfs_lv a 64M
+rm -f /tmp/w/done
+guard --lv vg/a --check 'sleep 6' -- sh -c 'mkdir -p /mnt/x; mount /dev/vg/a /mnt/x; echo new > /mnt/x/f; umount /mnt/x; touch /tmp/w/done' > out 2>&1 &
+gp=$!
+i=0; while [ ! -e /tmp/w/done ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+sleep 1.5
+run=$(run_id_of out)
+guard rollback "$run" > rb 2>&1; rc=$?
+check_eq "guard rollback RUN is accepted (0)" "$rc" 0
+wait $gp; rc=$?
+check_eq "guard exits 123 (the command succeeded, the run did not)" "$rc" 123
+check_out "it says why" out "rollback requested .guard rollback. after the command ended"
+check_eq "the original bytes are back" "$(content a)" original
+check "no guard snapshot left" no_guard_snapshots
+end
