@@ -202,6 +202,12 @@ pub trait Observer {
     fn spawned(&mut self, pid: u32);
     /// Runs while the command lives; returns how long to wait before the next call.
     fn tick(&mut self) -> Duration;
+    /// Whether the observer holds the command stopped (SIGSTOP) right now.
+    fn paused(&self) -> bool {
+        false
+    }
+    /// The command ran past its timeout and is being killed.
+    fn timed_out(&mut self) {}
 }
 
 /// An observer that only waits (tests, and commands nobody watches).
@@ -277,9 +283,15 @@ pub fn run(spec: &RunSpec, sig: &SignalState, obs: &mut dyn Observer) -> Result<
                     humantime::format_duration(spec.timeout.unwrap_or_default()),
                     KILL_GRACE.as_secs()
                 ));
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                // a group the watcher paused must wake up to die
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGCONT);
+                obs.timed_out();
+                if obs.paused() {
+                    // Paused by the watcher (an extension not landed yet, or a full VG): waking
+                    // it with SIGCONT would let it write into a snapshot without room. A timeout
+                    // is a failure and is rolled back, so it dies where it stands.
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                } else {
+                    let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
                 killed_at = Some(now);
             }
             (_, Some(k)) if now >= k + KILL_GRACE => {

@@ -289,6 +289,14 @@ impl child::Observer for Watching<'_> {
         }
         next
     }
+
+    fn paused(&self) -> bool {
+        self.watcher.is_paused()
+    }
+
+    fn timed_out(&mut self) {
+        self.watcher.stop_for_timeout();
+    }
 }
 
 /// run: the command under the watcher; then settle (its dirty pages land while still watched).

@@ -412,6 +412,19 @@ impl Watcher {
     /// The VG's free space as read now. Room again (the operator added a disk, removed an LV)
     /// ends "VG full": a watcher that read the free space once would never extend again.
     /// A hold is left to `guard resume`, which also thaws.
+    /// A timeout while held: processes blocked on the frozen filesystem can only die once it
+    /// is thawed, and the run is a failure anyway: roll back (which thaws).
+    pub fn stop_for_timeout(&mut self) {
+        if self.held {
+            self.request_rollback("the command ran past its timeout while held");
+        }
+    }
+
+    /// Whether the command's group is stopped by the watcher (braked or held).
+    pub fn is_paused(&self) -> bool {
+        self.braked || self.held
+    }
+
     /// The live run bounds the dirty page cache while its room is short (dirty.rs); the
     /// background watcher does not (it watches many runs, for hours).
     pub fn bound_dirty_cache(&mut self) {

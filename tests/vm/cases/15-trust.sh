@@ -257,3 +257,20 @@ check_out "it says why" out "rollback requested .guard rollback. after the comma
 check_eq "the original bytes are back" "$(content a)" original
 check "no guard snapshot left" no_guard_snapshots
 end
+
+# Also seen in the issue: a timeout while the command is held (VG full, filesystem frozen) must
+# not wake it into a snapshot without room, nor wait forever on a frozen filesystem: the run is
+# rolled back (exit 124) and the filesystem thawed.
+begin a_timeout_while_held_rolls_back_and_thaws
+mkfs_lv data 200M /mnt/data
+lvcreate -q -y -l 100%FREE -n filler vg >/dev/null; lvreduce -q -y -L -8M vg/filler >/dev/null
+guard --lv vg/data --size 8M --timeout 12s -- sh -c 'write_mb /mnt/data/big 100 sync; exit 0' > out 2>&1 &
+gp=$!
+check "guard froze the filesystem" wait_frozen
+i=0; while kill -0 $gp 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done
+check "guard ended by itself after the timeout" sh -c "! kill -0 $gp 2>/dev/null"
+wait $gp; rc=$?
+check_eq "exit 124 (timed out)" "$rc" 124
+check "thawed: writes work again" sh -c 'echo ok > /mnt/data/after'
+check "the snapshot was never invalidated" sh -c '! dmsetup status | grep -q "snapshot Invalid"'
+end
