@@ -4,6 +4,14 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
+/// Set while stderr leads to a filesystem guard holds frozen (`guard … 2>>/var/log/x` with /var
+/// held): a write there would block guard until a thaw only guard can do. The journal still
+/// gets every line (without waiting).
+static MUTED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_muted(m: bool) {
+    MUTED.store(m, Ordering::Relaxed);
+}
 
 pub fn set_quiet(q: bool) {
     QUIET.store(q, Ordering::Relaxed);
@@ -13,7 +21,9 @@ use crate::log::Kind;
 
 fn emit(kind: Kind, line: &str, fields: &[(&str, String)]) {
     // Under a systemd unit stderr is itself a journal stream: the structured entry is enough.
-    if !crate::log::stderr_is_journal() || !crate::log::enabled() {
+    if (!crate::log::stderr_is_journal() || !crate::log::enabled())
+        && !MUTED.load(Ordering::Relaxed)
+    {
         let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
     crate::log::structured(kind, line, fields);
@@ -45,7 +55,9 @@ pub fn error(msg: &str) {
 
 /// Text printed as it is (plans, summaries), still never panicking.
 pub fn print_block(text: &str) {
-    let _ = write!(std::io::stderr().lock(), "{text}");
+    if !MUTED.load(Ordering::Relaxed) {
+        let _ = write!(std::io::stderr().lock(), "{text}");
+    }
 }
 
 pub fn is_quiet() -> bool {

@@ -74,21 +74,32 @@ fn frozen_by_others() -> Vec<u64> {
     rd.flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let text = std::fs::read_to_string(e.path()).ok()?;
+            let mut nums = text
+                .split_whitespace()
+                .filter_map(|d| d.parse::<u64>().ok());
+            let start = nums.next()?;
             // a guard killed while holding leaves its entry: only a live one counts
-            (pid != me && Path::new(&format!("/proc/{pid}")).exists())
-                .then(|| std::fs::read_to_string(e.path()).ok())
-                .flatten()
+            (pid != me && crate::store::journal::process_alive(pid, start))
+                .then(|| nums.collect::<Vec<u64>>())
         })
-        .flat_map(|t| {
-            t.split_whitespace()
-                .filter_map(|d| d.parse().ok())
-                .collect::<Vec<u64>>()
-        })
+        .flatten()
         .collect()
 }
 
-/// Publishes this process's frozen devices (or removes its entry when none is left).
+/// Is this process's fd on one of `devs`? (fstat does not block on a frozen filesystem.)
+fn fd_on(fd: i32, devs: &std::collections::BTreeSet<u64>) -> bool {
+    // SAFETY: fstat into a zeroed stat buffer on a descriptor number; no memory is shared.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0)
+        && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
+        && devs.contains(&st.st_dev)
+}
+
+/// Publishes this process's frozen devices (or removes its entry when none is left), and mutes
+/// stderr while it leads to one of them.
 fn publish(devs: &std::collections::BTreeSet<u64>) {
+    crate::ui::set_muted(fd_on(2, devs));
     use std::os::unix::fs::DirBuilderExt;
     let dir = registry();
     let file = dir.join(std::process::id().to_string());
@@ -100,8 +111,18 @@ fn publish(devs: &std::collections::BTreeSet<u64>) {
         .recursive(true)
         .mode(0o700)
         .create(&dir);
-    let text: Vec<String> = devs.iter().map(|d| d.to_string()).collect();
-    let _ = std::fs::write(file, text.join(" "));
+    // the first number is this process's start time: a recycled PID is not this guard
+    let me = std::process::id();
+    let mut text = vec![crate::store::journal::process_start(me)
+        .unwrap_or(0)
+        .to_string()];
+    text.extend(devs.iter().map(|d| d.to_string()));
+    if let Err(e) = std::fs::write(file, text.join(" ")) {
+        crate::ui::warn(&format!(
+            "cannot record what guard holds frozen in {} ({e}): other guard commands may block on it",
+            dir.display()
+        ));
+    }
 }
 
 #[derive(Debug, Default)]

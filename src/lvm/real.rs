@@ -13,6 +13,14 @@ impl RealLvm {
     fn lvm(&self, sub: &str) -> Result<Command> {
         let mut c = system_command("lvm")?;
         c.arg(sub);
+        // lvm archives metadata under /etc/lvm before a change, while holding the VG's lock: on
+        // a filesystem a guard holds frozen that write would block, and every lvm command on
+        // the VG after it (the holding guard's own `vgs` on resume included)
+        // (lvcreate sets its own --config: see create_snapshot)
+        let writes = !matches!(sub, "lvs" | "vgs" | "pvs" | "lvcreate");
+        if writes && crate::dm::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
+            c.args(["--config", "backup{backup=0 archive=0}"]);
+        }
         Ok(c)
     }
 }
@@ -59,11 +67,10 @@ impl Lvm for RealLvm {
         let mut c = self.lvm("lvcreate")?;
         c.args(["-q", "-y", "-s", "-n", &req.name]);
         if req.held {
-            c.args([
-                "--noudevsync",
-                "--config",
-                "backup { backup = 0 archive = 0 }",
-            ]);
+            c.arg("--noudevsync");
+        }
+        if req.held || crate::dm::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
+            c.args(["--config", "backup { backup = 0 archive = 0 }"]);
         }
         if let Some(b) = req.cow_bytes {
             c.args(["-L", &format!("{b}b")]);

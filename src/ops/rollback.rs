@@ -60,15 +60,20 @@ pub fn verify_targets(lvs: &[lvm::Lv], rec: &RunRecord) -> Result<()> {
 /// The rollback hooks of the run's policy (kept in the journal): every rollback, whether the
 /// live run's, `guard rollback RUN`'s or recover's, stops and starts what the policy says.
 pub fn policy_hooks(rec: &RunRecord) -> Vec<crate::run::hooks::HookSpec> {
+    run_policy(rec).0
+}
+
+/// The run's policy's hooks, and whether it asks for the finish of a rollback (`[run] finish`).
+fn run_policy(rec: &RunRecord) -> (Vec<crate::run::hooks::HookSpec>, bool) {
     match rec.policy.as_deref().map(crate::cli::policy::load_recorded) {
-        Some(Ok(p)) => p.hooks,
+        Some(Ok(p)) => (p.hooks, p.finish.unwrap_or(false)),
         Some(Err(e)) => {
             ui::warn(&format!(
                 "the run's policy cannot be read, its rollback hooks are skipped: {e}"
             ));
-            vec![]
+            (vec![], false)
         }
-        None => vec![],
+        None => (vec![], false),
     }
 }
 
@@ -85,14 +90,19 @@ pub fn rollback_with_hooks(
     // At boot (guard-recover.service, before sysinit.target) the services are not up yet and
     // a `systemctl start` would wait for the very boot that waits for guard: the boot itself
     // starts them, after the merge.
-    let hooks = if std::env::var_os("GUARD_AT_BOOT").is_some() {
-        if !policy_hooks(rec).is_empty() {
+    let (hooks, policy_finish) = run_policy(rec);
+    let at_boot = std::env::var_os("GUARD_AT_BOOT").is_some();
+    let hooks = if at_boot {
+        if !hooks.is_empty() {
             ui::say("at boot: the policy's rollback hooks are left to the boot (services start after guard-recover)");
         }
         vec![]
     } else {
-        policy_hooks(rec)
+        hooks
     };
+    // the policy's finish applies to every rollback of the run, not only the live one (at boot
+    // the activation itself completes the merges)
+    let finish = finish || (policy_finish && !at_boot);
     let env = HookEnv::for_record(rec);
     run_point_reporting(&hooks, HookPoint::PreRollback, &env);
     crate::watch::background::room_for_deferred_merges(lvm, rec);
@@ -109,6 +119,10 @@ pub fn rollback_with_hooks(
     run_point_reporting(&hooks, HookPoint::PostRollback, &env);
     Ok(todo)
 }
+
+/// Tag put on an origin whose snapshot was found invalid before guard removes it: a journal
+/// turned back by another target's merge must not read the gone snapshot as merged.
+pub const LOST_TAG_PREFIX: &str = "guard-lost:";
 
 /// What completes a deferred merge of this target, in words for the operator.
 pub fn completes_by(t: &TargetRecord, run: &str) -> String {
@@ -168,6 +182,7 @@ pub fn rollback_with(
     };
     let mut todo = Vec::new();
     let mut errors = Vec::new();
+    let mut dead: Vec<(String, String, String)> = Vec::new();
     let id = rec.id.clone();
     for (i, t) in rec.targets.iter_mut().enumerate() {
         crate::fault::pause(&format!("before-merge-{}", i + 1));
@@ -197,6 +212,18 @@ pub fn rollback_with(
             _ if t.rollback == Some(TargetState::Impossible) => {}
             None if origin_tagged || t.rollback == Some(TargetState::Scheduled) => {
                 t.rollback = Some(TargetState::Scheduled);
+            }
+            None if (t.invalidated && !t.thin)
+                || lvm::find(&lvs, &t.vg, &t.lv)
+                    .is_some_and(|o| o.tags.contains(&format!("{LOST_TAG_PREFIX}{id}"))) =>
+            {
+                t.rollback = Some(TargetState::Impossible);
+                t.note.get_or_insert_with(|| {
+                    format!(
+                        "snapshot {}/{} was invalidated, the rollback point is lost",
+                        t.vg, t.snapshot
+                    )
+                });
             }
             None if t.rollback == Some(TargetState::Done) || resuming => {
                 t.rollback = Some(TargetState::Done);
@@ -232,9 +259,10 @@ pub fn rollback_with(
                 ui::warn(&format!(
                     "{name} CANNOT be rolled back: its snapshot was invalidated; removing the dead snapshot"
                 ));
-                if let Err(e) = lvm.remove(&t.vg, &t.snapshot) {
-                    errors.push(e.to_string());
-                }
+                // removed only once the journal says so (and the origin's tag, for a journal
+                // that a merge turns back): a gone snapshot must never be read as merged
+                t.invalidated = true;
+                dead.push((t.vg.clone(), t.lv.clone(), t.snapshot.clone()));
             }
             Some(s) if s.merging => {
                 t.rollback = Some(TargetState::Scheduled);
@@ -323,6 +351,22 @@ pub fn rollback_with(
         _ => Phase::Done,
     };
     journal.write(rec)?;
+    for (vg, lv, snap) in dead {
+        let _ = lvm.add_tag(&vg, &lv, &format!("{LOST_TAG_PREFIX}{id}"));
+        if let Err(e) = lvm.remove(&vg, &snap) {
+            errors.push(e.to_string());
+        }
+    }
+    if rec.phase == Phase::Done {
+        // the journal says it all now: the lost-point tags go
+        for t in rec
+            .targets
+            .iter()
+            .filter(|t| t.rollback == Some(TargetState::Impossible))
+        {
+            let _ = lvm.del_tag(&t.vg, &t.lv, &format!("{LOST_TAG_PREFIX}{id}"));
+        }
+    }
     // Paths outside LVM (/boot) go back now, even when / completes at the next boot: that boot
     // must find the old kernel and initramfs next to the old /lib/modules. Not while a merge
     // failed: half a rollback with /boot put back would pair old kernels with new modules.

@@ -106,6 +106,17 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         ui::print_block("dry run: nothing was changed\n");
         return Ok(0);
     }
+    // Another guard holding the journal's filesystem frozen (its VG is full): this run's first
+    // journal write would block, after its hooks (a database's read lock) had started.
+    if crate::dm::freeze::on_frozen_fs(journal.dir()) {
+        return Err(Error::refused(
+            format!(
+                "another guard holds the filesystem of {} frozen (its volume group is full)",
+                journal.dir().display()
+            ),
+            "see `guard status`: free space and `guard resume RUN`, or `guard rollback RUN`, then run this again",
+        ));
+    }
     let (_locks, plan) = lock_stage(lvm, opts, &run_id, &planned)?;
     let started = Instant::now();
     let env = HookEnv {
@@ -168,8 +179,9 @@ fn plan_stage(lvm: &dyn Lvm, opts: &RunOptions) -> Result<Planned> {
 
 /// The locks a run holds for its whole life.
 struct RunLocks {
-    _lvs: lock::LvLocks,
+    // dropped in this order: the run first, then its volumes (as before the stages)
     _run: lock::RunLock,
+    _lvs: lock::LvLocks,
 }
 
 /// lock: the volumes (a second guard on one of them is refused, naming the holder, or waits),
@@ -736,7 +748,14 @@ fn apply_decision(
         crate::watch::background::room_for_deferred_merges(lvm, rec);
         rollback::rollback_with(lvm, journal, rec, Some(&known)).and_then(|todo| {
             let todo = if opts.finish && rec.phase == Phase::RollbackScheduled {
-                let left = rollback::finish(lvm, journal, rec)?;
+                let left = match rollback::finish(lvm, journal, rec) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // still scheduled: watched until it completes
+                        crate::watch::background::hand_off(&rec.id);
+                        return Err(e);
+                    }
+                };
                 hold_post = !left.busy.is_empty();
                 rollback::scheduled_todo(rec, left)
             } else {

@@ -73,10 +73,13 @@ impl Limits {
         }
     }
 
+    /// The record: owner's PID and start time (a recycled PID is not the owner), then the old
+    /// values.
     fn to_line(self) -> String {
+        let me = std::process::id();
         format!(
-            "{} {} {} {} {}",
-            std::process::id(),
+            "{me} {} {} {} {} {}",
+            crate::store::journal::process_start(me).unwrap_or(0),
             self.bytes,
             self.ratio,
             self.bg_bytes,
@@ -84,23 +87,45 @@ impl Limits {
         )
     }
 
-    fn from_line(s: &str) -> Option<(u32, Limits)> {
+    fn from_line(s: &str) -> Option<(Owner, Limits)> {
         let v: Vec<u64> = s
             .split_whitespace()
             .filter_map(|x| x.parse().ok())
             .collect();
-        (v.len() == 5).then(|| {
+        (v.len() == 6).then(|| {
             (
-                v[0] as u32,
+                Owner {
+                    pid: v[0] as u32,
+                    start: v[1],
+                },
                 Limits {
-                    bytes: v[1],
-                    ratio: v[2],
-                    bg_bytes: v[3],
-                    bg_ratio: v[4],
+                    bytes: v[2],
+                    ratio: v[3],
+                    bg_bytes: v[4],
+                    bg_ratio: v[5],
                 },
             )
         })
     }
+}
+
+/// The guard that lowered the limits.
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    pid: u32,
+    start: u64,
+}
+
+impl Owner {
+    fn is_other_live_guard(self) -> bool {
+        self.pid != std::process::id() && crate::store::journal::process_alive(self.pid, self.start)
+    }
+}
+
+fn record() -> Option<(Owner, Limits)> {
+    std::fs::read_to_string(saved_file())
+        .ok()
+        .and_then(|t| Limits::from_line(&t))
 }
 
 /// The dirty limit in force, in bytes (the ratio form is a share of the memory available).
@@ -148,20 +173,24 @@ impl DirtyLimit {
             return Ok(false);
         }
         if self.saved.is_none() {
-            // another live guard lowered them and will put them back: its record must stay the
-            // true old values, so this run leaves them to it
-            if let Some((pid, _)) = std::fs::read_to_string(saved_file())
-                .ok()
-                .and_then(|t| Limits::from_line(&t))
-            {
-                if pid != std::process::id()
-                    && std::path::Path::new(&format!("/proc/{pid}")).exists()
-                {
+            let old = match record() {
+                // another live guard lowered them and puts them back: its record must stay the
+                // true old values. It bounds for its own room; this run says it relies on that.
+                Some((owner, _)) if owner.is_other_live_guard() => {
+                    crate::ui::warn(&format!(
+                        "the dirty page cache is already bounded by guard pid {}; this run does not lower it further",
+                        owner.pid
+                    ));
+                    self.current = Some(0);
                     return Ok(false);
                 }
-            }
-            let Some(old) = Limits::read() else {
-                return Ok(false);
+                // a guard that died left them lowered: its record holds the true old values
+                // (the kernel's current ones are its lowered ones)
+                Some((_, old)) => old,
+                None => match Limits::read() {
+                    Some(l) => l,
+                    None => return Ok(false),
+                },
             };
             // a record for recover, before anything changes
             if let Some(dir) = saved_file().parent() {
@@ -200,9 +229,8 @@ impl Drop for DirtyLimit {
 /// For `guard recover`: limits a guard that is gone left lowered are put back. Returns what it
 /// did, if anything.
 pub fn restore_after_crash() -> Option<String> {
-    let text = std::fs::read_to_string(saved_file()).ok()?;
-    let (pid, old) = Limits::from_line(&text)?;
-    if std::path::Path::new(&format!("/proc/{pid}")).exists() && pid != std::process::id() {
+    let (owner, old) = record()?;
+    if owner.is_other_live_guard() || owner.pid == std::process::id() {
         return None;
     }
     old.apply().ok()?;
@@ -247,6 +275,17 @@ mod tests {
         assert_eq!(read("dirty_ratio"), Some(20));
         assert_eq!(read("dirty_background_ratio"), Some(10));
         assert!(!saved_file().exists());
+
+        // a guard killed while it held them lowered: the next one takes the old values from
+        // its record, never the kernel's current (lowered) ones
+        std::fs::write(d.path().join("dirty_bytes"), (4 * MIB).to_string()).unwrap();
+        std::fs::write(d.path().join("dirty_ratio"), "0").unwrap();
+        std::fs::create_dir_all(d.path().join("run")).unwrap();
+        std::fs::write(saved_file(), "4194303 1 0 20 0 10").unwrap();
+        let mut l = DirtyLimit::default();
+        assert!(l.tighten(2 * MIB).unwrap());
+        l.restore();
+        assert_eq!(read("dirty_ratio"), Some(20), "the dead guard's old values");
         std::env::remove_var("GUARD_SYSCTL_DIR");
         std::env::remove_var("GUARD_RUN_DIR");
     }

@@ -565,15 +565,26 @@ impl Watcher {
             // The other targets keep changing (other filesystems of the set are not frozen):
             // keep watching them, extend them where their VG has room, hold them too when not,
             // and notice an invalidation.
+            let mut hot = false;
             for i in 0..self.items.len() {
                 if self.held_items.contains(&i) || !self.sample(i, now) || self.items[i].invalid {
                     continue;
                 }
+                let it = &self.items[i];
+                hot |= it.rate > 0.0
+                    || runway_used_pct(it.size, it.used, it.base.unwrap_or(0))
+                        > self.cfg.extend_at / 2.0;
                 let dirty = self.dirty_for(i);
                 self.decide(i, dirty);
             }
+            self.bound_dirty();
             self.draw();
-            return Duration::from_millis(200);
+            // a target still being written is watched as closely as outside a hold
+            return if hot {
+                FAST
+            } else {
+                Duration::from_millis(200)
+            };
         }
         // /proc/meminfo is costly to generate: read it (and the other dirty figures) at most
         // every 250 ms
@@ -957,7 +968,10 @@ impl Watcher {
             self.event("extend-failed", name, err);
         }
         if self.braked {
-            self.signal_group(Signal::SIGCONT);
+            // a held command stays stopped: only the hold's end continues it
+            if !self.held {
+                self.signal_group(Signal::SIGCONT);
+            }
             self.braked = false;
         }
     }

@@ -89,3 +89,20 @@ check_eq "and the service is started on it" "$(tr '\n' '|' < /tmp/w/app-events)"
 check "no guard snapshot left" no_guard_snapshots
 /usr/bin/appctl stop
 end
+
+# The policy's finish holds for `guard rollback RUN` of a kept run too (deploy keeps 30 minutes):
+# stop, unmount, merge, mount, start on the old data; nothing left pending.
+begin policy_finish_also_for_a_later_guard_rollback_of_a_kept_run
+mkfs_lv app 64M /mnt/app; app_policy
+sed -i 's/^on_failure = "rollback"$/on_failure = "rollback"\non_success = "keep"/' /etc/guard/policies/app.toml
+/usr/bin/appctl start; : > /tmp/w/app-events
+guard --policy app -- sh -c 'echo release2 > /mnt/app/f; sync; exit 0' > out 2>&1; rc=$?
+run=$(run_id_of out)
+check_eq "the deployment succeeds and is kept" "$rc" 0
+guard rollback "$run" > rb 2>&1; rc=$?
+check_eq "guard rollback RUN exits 0" "$rc" 0
+check_eq "the data is the snapshot's" "$(content app)" original
+check_eq "stopped, then started on the merged data" "$(tr '\n' '|' < /tmp/w/app-events)" "stopped|started f=original merging=|"
+check "no guard snapshot left, nothing merging" sh -c 'no_guard_snapshots() { [ -z "$(lvs --noheadings -o lv_name @guard 2>/dev/null | tr -d " ")" ]; }; no_guard_snapshots && [ -z "$(lvs --noheadings -o lv_merging vg/app | tr -d " ")" ]'
+/usr/bin/appctl stop
+end
