@@ -151,8 +151,9 @@ pub fn effective_limit() -> u64 {
 /// The limit to set for `room` bytes of COW room left, if it is lower than `current`: a
 /// quarter of the room (background writeback starts at half of that), never under 1 MiB.
 pub fn target_for(room: u64, current: u64) -> Option<u64> {
-    // only when the cache could hold more than half the room
-    if room / 2 > current {
+    // only when the cache could hold more than the room: with more room than the cache can
+    // hold, the watcher's extensions keep ahead and the host's writeback is left alone
+    if current < room {
         return None;
     }
     let t = (room / 4).max(MIB);
@@ -245,6 +246,8 @@ mod tests {
     #[test]
     fn the_limit_is_a_quarter_of_the_room_and_only_when_the_cache_could_overflow_it() {
         assert_eq!(target_for(16 * MIB, 200 * MIB), Some(4 * MIB));
+        // more room than the cache holds: the host's writeback is left alone
+        assert_eq!(target_for(248 * MIB, 148 * MIB), None);
         assert_eq!(target_for(2 * MIB, 200 * MIB), Some(MIB));
         // plenty of room for all the cache can hold: nothing to do
         assert_eq!(target_for(1 << 40, 200 * MIB), None);

@@ -253,7 +253,7 @@ guard rollback "$run" > rb 2>&1; rc=$?
 check_eq "guard rollback RUN is accepted (0)" "$rc" 0
 wait $gp; rc=$?
 check_eq "guard exits 123 (the command succeeded, the run did not)" "$rc" 123
-check_out "it says why" out "rollback requested .guard rollback. after the command ended"
+check_out "it says why" out "rollback requested ..guard rollback.. after the command ended"
 check_eq "the original bytes are back" "$(content a)" original
 check "no guard snapshot left" no_guard_snapshots
 end
