@@ -333,6 +333,10 @@ pub struct Watcher {
     held_items: std::collections::BTreeSet<usize>,
     /// Lowered dirty page limits while the room is short (the live run only: see dirty.rs).
     dirty_limit: Option<dirty::DirtyLimit>,
+    /// The kernel's own limit, read once (reading /proc/meminfo at every 20 ms tick would slow
+    /// the very ticks that keep the snapshot extended), and when the bound was last checked.
+    kernel_dirty_limit: Option<u64>,
+    bound_at: Option<Instant>,
     held: bool,
     continue_noted: BTreeSet<usize>,
     pub events: Vec<Event>,
@@ -372,6 +376,8 @@ impl Watcher {
             frozen: None,
             held_items: Default::default(),
             dirty_limit: None,
+            kernel_dirty_limit: None,
+            bound_at: None,
             held: false,
             continue_noted: BTreeSet::new(),
             events: Vec::new(),
@@ -450,9 +456,14 @@ impl Watcher {
     }
 
     fn bound_dirty(&mut self) {
-        if self.dirty_limit.is_none() {
+        if self.dirty_limit.is_none()
+            || self
+                .bound_at
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
             return;
         }
+        self.bound_at = Some(Instant::now());
         let Some((i, room)) = self.min_room() else {
             return;
         };
@@ -460,7 +471,11 @@ impl Watcher {
             .dirty_limit
             .as_ref()
             .and_then(|d| d.current)
-            .unwrap_or_else(dirty::effective_limit);
+            .unwrap_or_else(|| {
+                *self
+                    .kernel_dirty_limit
+                    .get_or_insert_with(dirty::effective_limit)
+            });
         let Some(target) = dirty::target_for(room, current) else {
             return;
         };

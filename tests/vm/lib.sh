@@ -27,7 +27,10 @@ fresh() {
 # mkfs_lv NAME SIZE [MOUNTPOINT] [FSTYPE]: a filesystem LV holding a file "f" = original
 mkfs_lv() {
   lvcreate -q -y -L "$2" -n "$1" vg >/dev/null
-  mkfs."${4:-ext4}" -q /dev/vg/"$1" >/dev/null 2>&1
+  # ext4 inits its inode tables and journal lazily, in the background after the first mount:
+  # an unseen writer that would fill a small snapshot. Init everything now.
+  if [ "${4:-ext4}" = ext4 ]; then lazy="-E lazy_itable_init=0,lazy_journal_init=0"; else lazy=""; fi
+  mkfs."${4:-ext4}" -q $lazy /dev/vg/"$1" >/dev/null 2>&1
   mkdir -p /mnt/tmp; mount /dev/vg/"$1" /mnt/tmp; echo original > /mnt/tmp/f; sync; umount /mnt/tmp
   if [ -n "${3:-}" ]; then mkdir -p "$3"; mount /dev/vg/"$1" "$3"; fi
 }
@@ -35,7 +38,7 @@ mkfs_lv() {
 thin_lv() {
   lvs vg/pool >/dev/null 2>&1 || lvcreate -q -y -L "$3" -T vg/pool >/dev/null 2>&1
   lvcreate -q -y -V "$2" -T vg/pool -n "$1" >/dev/null 2>&1
-  mkfs.ext4 -q /dev/vg/"$1" >/dev/null 2>&1
+  mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/vg/"$1" >/dev/null 2>&1
   mkdir -p /mnt/tmp; mount /dev/vg/"$1" /mnt/tmp; echo original > /mnt/tmp/f; sync; umount /mnt/tmp
   if [ -n "${4:-}" ]; then mkdir -p "$4"; mount /dev/vg/"$1" "$4"; fi
 }
