@@ -150,14 +150,10 @@ pub fn effective_limit() -> u64 {
 
 /// The limit to set for `room` bytes of COW room left, if it is lower than `current`: a
 /// quarter of the room (background writeback starts at half of that), never under 1 MiB.
-pub fn target_for(room: u64, current: u64) -> Option<u64> {
-    // only when the cache could hold more than the room: with more room than the cache can
-    // hold, the watcher's extensions keep ahead and the host's writeback is left alone
-    if current < room {
-        return None;
-    }
+pub fn target_for(room: u64, kernel: u64) -> Option<u64> {
+    // only when the cache could hold more than the room: otherwise the kernel's own limit
     let t = (room / 4).max(MIB);
-    (t < current).then_some(t)
+    (t < kernel).then_some(t)
 }
 
 /// Lowered limits, put back on drop.
@@ -168,9 +164,10 @@ pub struct DirtyLimit {
 }
 
 impl DirtyLimit {
-    /// Lowers the limit to `bytes` (never raises it during a run). Ok(true) when it changed.
+    /// Sets the limit to `bytes`, below the kernel's own (lower as the room shrinks, higher as
+    /// extensions give room back). Ok(true) when it changed.
     pub fn tighten(&mut self, bytes: u64) -> std::io::Result<bool> {
-        if self.current.is_some_and(|c| c <= bytes) {
+        if self.current == Some(bytes) || self.current == Some(0) {
             return Ok(false);
         }
         if self.saved.is_none() {
@@ -246,12 +243,9 @@ mod tests {
     #[test]
     fn the_limit_is_a_quarter_of_the_room_and_only_when_the_cache_could_overflow_it() {
         assert_eq!(target_for(16 * MIB, 200 * MIB), Some(4 * MIB));
-        // more room than the cache holds: the host's writeback is left alone
-        assert_eq!(target_for(248 * MIB, 148 * MIB), None);
         assert_eq!(target_for(2 * MIB, 200 * MIB), Some(MIB));
-        // plenty of room for all the cache can hold: nothing to do
+        // plenty of room for all the cache can hold: the kernel's own limit
         assert_eq!(target_for(1 << 40, 200 * MIB), None);
-        // never raised
         assert_eq!(target_for(16 * MIB, 2 * MIB), None);
     }
 
@@ -270,8 +264,11 @@ mod tests {
         std::env::set_var("GUARD_RUN_DIR", d.path().join("run"));
         let mut l = DirtyLimit::default();
         assert!(l.tighten(4 * MIB).unwrap());
-        assert!(!l.tighten(8 * MIB).unwrap(), "never raised during a run");
+        assert!(!l.tighten(4 * MIB).unwrap());
         assert_eq!(read("dirty_bytes"), Some(4 * MIB));
+        // raised again as extensions give room back
+        assert!(l.tighten(8 * MIB).unwrap());
+        assert_eq!(read("dirty_bytes"), Some(8 * MIB));
         assert!(saved_file().exists());
         drop(l);
         // the ratio form is back (as the kernel would zero bytes when the ratio is written)

@@ -437,21 +437,15 @@ impl Watcher {
         self.dirty_limit.get_or_insert_with(Default::default);
     }
 
-    /// The COW room left to the tightest target: what its snapshot (or pool) still holds plus
-    /// what its VG can still give it.
+    /// The room the tightest target has before an extension can land: what its snapshot (or
+    /// pool) still holds. An extension takes most of a second; the page cache can flush more
+    /// than a small snapshot holds in that time, VG room or not.
     fn min_room(&self) -> Option<(usize, u64)> {
         self.items
             .iter()
             .enumerate()
             .filter(|(_, it)| !it.invalid && it.size > 0)
-            .map(|(i, it)| {
-                let vg = if self.vg_full.contains(&it.vg) {
-                    0
-                } else {
-                    self.vg_free.get(&it.vg).copied().unwrap_or(0)
-                };
-                (i, it.size.saturating_sub(it.used) + vg)
-            })
+            .map(|(i, it)| (i, it.size.saturating_sub(it.used)))
             .min_by_key(|&(_, r)| r)
     }
 
@@ -467,33 +461,40 @@ impl Watcher {
         let Some((i, room)) = self.min_room() else {
             return;
         };
-        let current = self
-            .dirty_limit
-            .as_ref()
-            .and_then(|d| d.current)
-            .unwrap_or_else(|| {
-                *self
-                    .kernel_dirty_limit
-                    .get_or_insert_with(dirty::effective_limit)
-            });
-        let Some(target) = dirty::target_for(room, current) else {
+        let kernel = *self
+            .kernel_dirty_limit
+            .get_or_insert_with(dirty::effective_limit);
+        let Some(d) = self.dirty_limit.as_mut() else {
             return;
         };
-        let was = current;
-        match self.dirty_limit.as_mut().map(|d| d.tighten(target)) {
-            Some(Ok(true)) => {
+        let Some(target) = dirty::target_for(room, kernel) else {
+            // room enough for all the cache holds again: the kernel's own limits
+            if d.current.is_some_and(|c| c > 0) {
+                d.restore();
+            }
+            return;
+        };
+        // follow the room in steps, not at every extension
+        let first = d.current.is_none();
+        if d.current
+            .is_some_and(|c| c == 0 || (target > c / 2 && target < c + c / 2))
+        {
+            return;
+        }
+        match d.tighten(target) {
+            Ok(true) if first => {
                 let name = self.items[i].name();
                 let detail = format!(
-                    "bounded the dirty page cache to {} (was {}): {name} has {} of room left, and whatever is dirty must fit in it",
+                    "bounded the dirty page cache to {} (the kernel allows {}): {name} has {} of room until an extension lands, and whatever is dirty must fit in it",
                     human(target),
-                    if was == u64::MAX { "unlimited".to_string() } else { human(was) },
+                    human(kernel),
                     human(room)
                 );
                 ui::say(&format!("{name}: {detail}"));
                 self.event("dirty-limit", name, detail);
             }
-            Some(Err(e)) => ui::warn(&format!("cannot bound the dirty page cache: {e}")),
-            _ => {}
+            Ok(_) => {}
+            Err(e) => ui::warn(&format!("cannot bound the dirty page cache: {e}")),
         }
     }
 
