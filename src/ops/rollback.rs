@@ -650,9 +650,26 @@ pub fn remount_all(origin: &lvm::Lv, unmounted: &[mounts::Mount]) -> Vec<String>
             };
             let t = target.to_string_lossy().into_owned();
             let full = mount_options(m);
-            let r = run_prog("mount", &["-t", &m.fstype, "-o", &full, &dev, &t]).or_else(|_| {
-                // a superblock option mount(8) does not take back must not leave it unmounted
-                run_prog("mount", &["-t", &m.fstype, "-o", &m.options, &dev, &t])
+            let r = held_mountpoint(&target).and_then(|(_dir, at)| {
+                run_prog(
+                    "mount",
+                    &["--no-canonicalize", "-t", &m.fstype, "-o", &full, &dev, &at],
+                )
+                .or_else(|_| {
+                    // a superblock option mount(8) does not take back must not leave it unmounted
+                    run_prog(
+                        "mount",
+                        &[
+                            "--no-canonicalize",
+                            "-t",
+                            &m.fstype,
+                            "-o",
+                            &m.options,
+                            &dev,
+                            &at,
+                        ],
+                    )
+                })
             });
             match r {
                 Ok(()) => whole = Some(target),
@@ -668,7 +685,10 @@ pub fn remount_all(origin: &lvm::Lv, unmounted: &[mounts::Mount]) -> Vec<String>
         let base = whole.clone().expect("mounted above");
         let src = base.join(m.root.strip_prefix("/").unwrap_or(&m.root));
         let src = src.to_string_lossy().into_owned();
-        let r = run_prog("mount", &["--bind", &src, &mp]).and_then(|()| {
+        let r = held_mountpoint(&m.mountpoint)
+            .and_then(|(_dir, at)| run_prog("mount", &["--no-canonicalize", "--bind", &src, &at]));
+        // once mounted, the folder cannot be renamed (EBUSY): the path is safe again
+        let r = r.and_then(|()| {
             // a bind mount takes its flags (ro, nosuid, …) only through a remount
             run_prog(
                 "mount",
@@ -689,6 +709,38 @@ pub fn remount_all(origin: &lvm::Lv, unmounted: &[mounts::Mount]) -> Vec<String>
     errors
 }
 
+/// The mount point, held open for mount(8): while the volume was unmounted for its merge, a
+/// user who can write the mount point's parent folder could have put a symbolic link in its
+/// place, and root would then mount the volume wherever it points. The folder is opened without
+/// following a link (its path must be its own canonical path), and mount(8) is given
+/// /proc/self/fd/N, the folder just checked. Returns the open folder and that path.
+fn held_mountpoint(mp: &Path) -> Result<(std::fs::File, String)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let canonical = std::fs::canonicalize(mp)
+        .map_err(|e| Error::io(format!("cannot resolve {}", mp.display()), e))?;
+    if canonical != mp {
+        return Err(Error::refused(
+            format!(
+                "{} now leads to {} (a symbolic link in its path): not mounting there",
+                mp.display(),
+                canonical.display()
+            ),
+            "check who changed it; mount the volume by hand once the folder is back",
+        ));
+    }
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(mp)
+        .map_err(|e| Error::io(format!("cannot open {} (not a folder?)", mp.display()), e))?;
+    let fd = dir.as_raw_fd();
+    // inherited by mount(8), which resolves /proc/self/fd/N in its own table
+    // SAFETY: F_SETFD on a descriptor this function owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    Ok((dir, format!("/proc/self/fd/{fd}")))
+}
+
 /// The per-mount flags plus the superblock's options (errors=, data=, quota…), which a plain
 /// `mount -o <per-mount flags>` would lose. rw/ro come from the per-mount flags.
 fn mount_options(m: &mounts::Mount) -> String {
@@ -699,4 +751,24 @@ fn mount_options(m: &mounts::Mount) -> String {
         }
     }
     opts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_point_swapped_for_a_symlink_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().canonicalize().unwrap();
+        let mp = real.join("app");
+        std::fs::create_dir(&mp).unwrap();
+        let (_f, at) = held_mountpoint(&mp).unwrap();
+        assert!(at.starts_with("/proc/self/fd/"), "{at}");
+        // the folder replaced by a link to somewhere root-owned while the volume was unmounted
+        std::fs::remove_dir(&mp).unwrap();
+        std::os::unix::fs::symlink("/etc", &mp).unwrap();
+        let err = held_mountpoint(&mp).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
 }
