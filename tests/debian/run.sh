@@ -170,8 +170,11 @@ if start_vm; then
   sp=$!
   for _ in $(seq 1 60); do g 'guard status' 2>/dev/null | grep -q running && break; sleep 1; done
   kill -9 "$sp" 2>/dev/null; wait "$sp" 2>/dev/null
-  for _ in $(seq 1 90); do g 'guard status' 2>/dev/null | grep -q running || break; sleep 1; done
+  # the run goes on without its terminal: wait until it has decided and acted (the rollback of
+  # / grows the snapshot and restores /boot, which takes a while under TCG)
+  for _ in $(seq 1 180); do g 'guard status --all' 2>/dev/null | grep -qE 'rolled.back|rollback.scheduled|committed' && break; sleep 1; done
   g 'guard status --all' > "$W/status" 2>&1
+  for _ in $(seq 1 60); do g 'journalctl -o cat -t guard' 2>/dev/null | grep -qE 'run [0-9-]+[0-9a-f]+: the command (failed|succeeded)' && break; sleep 1; done
   check_out "the run finished without its terminal" "$W/status" "rolled.back|rollback.scheduled|committed"
   g 'journalctl -o cat -t guard' > "$W/log" 2>&1
   check_out "the hangup is in the system log" "$W/log" "terminal hung up"
