@@ -48,6 +48,21 @@ content() {
   if [ -n "$mp" ]; then cat "$mp/f"; return; fi
   mkdir -p /mnt/ro; mount -o ro /dev/vg/"$1" /mnt/ro && cat /mnt/ro/f; umount /mnt/ro
 }
+# refuse CODE PATTERN command...: a refusal with that exit code and message, and `lvs -a
+# -o+lv_tags` identical before and after (bad input changes nothing)
+refuse() {
+  want=$1; pat=$2; shift 2
+  lvs_state > before
+  "$@" > out 2>&1; rc=$?
+  lvs_state > after
+  # the message may span lines (problem, then fix): match it as one line
+  if [ "$rc" = "$want" ] && tr "\n" " " < out | grep -qE -- "$pat" && cmp -s before after; then
+    echo "  ok: $* -> $rc"
+  else
+    echo "  not ok: $* -> $rc (want $want and /$pat/, lvs unchanged: $(cmp -s before after && echo yes || echo NO))"
+    sed 's/^/    | /' out | tail -6; TFAIL=1
+  fi
+}
 guard_snapshots() { lvs --noheadings -o lv_name @guard 2>/dev/null | tr -d ' '; }
 no_guard_snapshots() { [ -z "$(guard_snapshots)" ]; }
 lvs_state() { lvs -a --noheadings -o vg_name,lv_name,lv_attr,lv_size,origin,lv_tags 2>&1; }

@@ -1,20 +1,6 @@
 # Bad input on real LVM: a clear refusal that names the problem (and the fix), the documented
 # exit code, and nothing changed: `lvs -a -o+lv_tags` is identical before and after.
 
-# refuse CODE PATTERN guard-args...  (one case per call)
-refuse() {
-  want=$1; pat=$2; shift 2
-  lvs_state > before
-  "$@" > out 2>&1; rc=$?
-  lvs_state > after
-  # the message may span lines (problem, then fix): match it as one line
-  if [ "$rc" = "$want" ] && tr "\n" " " < out | grep -qE -- "$pat" && cmp -s before after; then
-    echo "  ok: $* -> $rc"
-  else
-    echo "  not ok: $* -> $rc (want $want and /$pat/, lvs unchanged: $(cmp -s before after && echo yes || echo NO))"
-    sed 's/^/    | /' out | tail -6; TFAIL=1
-  fi
-}
 
 begin bad_input_is_refused_and_changes_nothing
 mkfs_lv data 64M /mnt/data

@@ -1,20 +1,6 @@
 # Policy security (Trust issue, items 14 and 17): hook programs never come from the caller's
 # $PATH, and `guard rollback RUN` reads the very policy file the run was made with.
 
-# refuse CODE PATTERN command...: the exit code, the message, and `lvs` identical before/after
-refuse() {
-  want=$1; pat=$2; shift 2
-  lvs_state > before
-  "$@" > out 2>&1; rc=$?
-  lvs_state > after
-  # the message may span lines (problem, then fix): match it as one line
-  if [ "$rc" = "$want" ] && tr "\n" " " < out | grep -qE -- "$pat" && cmp -s before after; then
-    echo "  ok: $* -> $rc"
-  else
-    echo "  not ok: $* -> $rc (want $want and /$pat/, lvs unchanged: $(cmp -s before after && echo yes || echo NO))"
-    sed 's/^/    | /' out | tail -6; TFAIL=1
-  fi
-}
 
 # Item 17: a program found only through the caller's PATH is refused, before anything changes.
 begin a_hook_program_only_on_the_callers_path_is_refused
