@@ -26,33 +26,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// The runs whose snapshots wait: kept ones, and rollbacks waiting for the next activation
-/// (between the failure and a reboot hours away the origin keeps changing).
-fn watched(journal: &Journal) -> Vec<RunRecord> {
+/// (between the failure and a reboot hours away the origin keeps changing). The flag says that
+/// some record could not be read: it may be a kept run, so the watcher must not end on "nothing
+/// left" because of it (an exit 0 is not restarted).
+fn watched(journal: &Journal) -> (Vec<RunRecord>, bool) {
     let (runs, problems) = journal.list();
     for p in &problems {
         ui::warn(&format!("guard watch: {p}"));
     }
-    let mut runs: Vec<RunRecord> = runs
+    let runs = runs
         .into_iter()
         .filter(|r| matches!(r.phase, Phase::Kept | Phase::RollbackScheduled))
         .collect();
-    if runs.is_empty() && !problems.is_empty() {
-        // a record that could not be read may be a kept run: the watcher must not end on
-        // "nothing left" because of it (an exit 0 is not restarted)
-        runs.push(unreadable_placeholder());
-    }
-    runs
-}
-
-/// Stands for runs that could not be read, so that `guard watch` keeps going and retries.
-fn unreadable_placeholder() -> RunRecord {
-    serde_json::from_value(serde_json::json!({
-        "schema": crate::store::journal::SCHEMA, "id": "(unreadable)", "started": "", "updated": "",
-        "command": [], "guard_pid": 0, "guard_start": 0, "child_pid": null, "child_start": null,
-        "phase": "kept", "on_failure": "keep", "on_success": "keep", "keep_until": null,
-        "outcome": null, "exit_status": null, "reason": null, "final_state": null, "targets": []
-    }))
-    .expect("a valid record")
+    (runs, !problems.is_empty())
 }
 
 fn watcher_for(rec: &RunRecord, lvs: &[lvm::Lv]) -> Option<Watcher> {
@@ -218,14 +204,14 @@ pub fn watch(lvm: &dyn Lvm, journal: &Journal, period: Duration, once: bool) -> 
             .flatten();
         if due && (changed.is_none() || changed != seen_change || last_read.elapsed() >= period) {
             last_read = Instant::now();
-            let runs = watched(journal);
+            let (runs, unreadable) = watched(journal);
             let now_runs: Vec<(String, Phase)> =
                 runs.iter().map(|r| (r.id.clone(), r.phase)).collect();
             if now_runs == seen_runs {
                 seen_change = changed;
             } else {
                 save_all(journal, &mut watchers);
-                if runs.is_empty() {
+                if runs.is_empty() && !unreadable {
                     let _ = dir.remove(READY);
                     ui::say("no kept run or scheduled rollback left to watch");
                     return Ok(0);
