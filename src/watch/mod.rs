@@ -88,6 +88,10 @@ pub struct WatchItem {
     pub meta_size: u64,
     pub meta_used: u64,
     pub rate: f64,
+    /// The fastest this run's writers have filled it: once the VG has no room left, the hold
+    /// must come early enough for a writer at full speed, not at the pace of the last samples
+    /// (the rate window is 300 ms; a writer paused for an extension shows a rate of 0).
+    pub peak_rate: f64,
     pub max_pct: f64,
     pub extensions: u32,
     pub invalid: bool,
@@ -186,6 +190,7 @@ impl WatchItem {
             meta_size: 0,
             meta_used: 0,
             rate: 0.0,
+            peak_rate: 0.0,
             max_pct: 0.0,
             extensions: 0,
             invalid: false,
@@ -314,6 +319,8 @@ struct InFlight {
     /// From the sample before the crossing to the lvextend issued: an upper bound on how long
     /// guard took to react.
     reaction: Duration,
+    /// It takes the last of the VG's room: when it lands, the hold is all that is left.
+    last: bool,
 }
 
 pub struct Watcher {
@@ -435,6 +442,13 @@ impl Watcher {
     /// background watcher does not (it watches many runs, for hours).
     pub fn bound_dirty_cache(&mut self) {
         self.dirty_limit.get_or_insert_with(Default::default);
+        // Bound before the command starts: a writer dirties the page cache at memory speed, far
+        // more in its first tenth of a second than a small room holds.
+        let now = Instant::now();
+        for i in 0..self.items.len() {
+            self.sample(i, now);
+        }
+        self.bound_dirty();
     }
 
     /// The room the tightest target has before an extension can land: what its snapshot (or
@@ -612,6 +626,7 @@ impl Watcher {
             self.dirty_at = Some(now);
         }
         let mut hot = false;
+        let mut danger = false;
         for i in 0..self.items.len() {
             if !self.sample(i, now) {
                 continue;
@@ -624,7 +639,12 @@ impl Watcher {
             hot |=
                 it.rate > 0.0 || runway_used_pct(it.size, it.used, base) > self.cfg.extend_at / 2.0;
             let dirty = self.dirty_for(i);
-            self.decide(i, dirty);
+            danger |= self.decide(i, dirty);
+        }
+        // paused for the last extension, which has landed, and nothing in danger: continue
+        if self.braked && !self.held && !danger && self.inflight.is_none() {
+            self.signal_group(Signal::SIGCONT);
+            self.braked = false;
         }
         self.bound_dirty();
         self.draw();
@@ -741,6 +761,7 @@ impl Watcher {
             let dt = now.duration_since(t0).as_secs_f64();
             if dt > 0.0 {
                 it.rate = used.saturating_sub(u0) as f64 / dt;
+                it.peak_rate = it.peak_rate.max(it.rate);
             }
         }
         if it
@@ -791,7 +812,8 @@ impl Watcher {
         );
     }
 
-    fn decide(&mut self, i: usize, dirty: u64) {
+    /// Extends, brakes or holds item `i` as its numbers say; true when it is in danger.
+    fn decide(&mut self, i: usize, dirty: u64) -> bool {
         let horizon = self.extend_cost + Duration::from_millis(300);
         let it = &self.items[i];
         let base = it.base.unwrap_or(0);
@@ -824,7 +846,22 @@ impl Watcher {
             let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
             if data_need {
                 match extension_step(it.size, base, it.rate, dirty, horizon, it.extent, free) {
-                    Some(step) => self.start_extension(i, step, false),
+                    Some(step) => {
+                        let extent = it.extent.max(1);
+                        let last = step >= free / extent * extent;
+                        let writing = it.rate > 0.0;
+                        self.start_extension(i, step, false);
+                        if last && writing {
+                            // After this one only the hold is left, and the writer must not use
+                            // up the room while the extension is under way (a page-cache burst
+                            // fills a small pool in a tenth of a second): pause it now; the
+                            // next decision, with the new size, continues it or holds.
+                            self.brake(i, "the volume group's last room is being added");
+                        }
+                        if let Some(f) = self.inflight.as_mut() {
+                            f.last = last;
+                        }
+                    }
                     None => {
                         self.vg_full.insert(it.vg.clone());
                     }
@@ -840,29 +877,40 @@ impl Watcher {
             }
         }
         let it = &self.items[i];
+        // With no room left to add, the hold must leave room for a writer at its full speed.
+        let rate = if self.vg_full.contains(&it.vg) || !it.extendable {
+            it.rate.max(it.peak_rate)
+        } else {
+            it.rate
+        };
         // pool metadata that fills is as fatal as data: the pool turns read-only
-        let danger = in_danger(it.size, it.used, it.rate, dirty)
+        let danger = in_danger(it.size, it.used, rate, dirty)
             || (it.thin && it.meta_size > 0 && in_danger(it.meta_size, it.meta_used, 0.0, 0));
         if !danger {
-            return;
+            return false;
         }
         if self.inflight.is_some() {
-            if !self.braked {
-                self.signal_group(Signal::SIGSTOP);
-                self.braked = true;
-                let name = it.name();
-                ui::warn(&format!(
-                    "{name}: writes outrun the extension under way: command paused until it lands"
-                ));
-                self.event(
-                    "paused",
-                    name,
-                    "command stopped until the extension completes".into(),
-                );
-            }
+            self.brake(i, "writes outrun the extension under way");
         } else if self.vg_full.contains(&it.vg) || !it.extendable {
             self.full(i);
         }
+        true
+    }
+
+    /// Stops the command's group until the extension under way lands (and the next decision).
+    fn brake(&mut self, i: usize, why: &str) {
+        if self.braked || self.held {
+            return;
+        }
+        self.signal_group(Signal::SIGSTOP);
+        self.braked = true;
+        let name = self.items[i].name();
+        ui::warn(&format!("{name}: {why}: command paused until it lands"));
+        self.event(
+            "paused",
+            name,
+            "command stopped until the extension completes".into(),
+        );
     }
 
     /// A snapshot whose merge is pending fills and LVM cannot extend it: say so, at the
@@ -917,6 +965,7 @@ impl Watcher {
                     metadata,
                     started: Instant::now(),
                     reaction,
+                    last: false,
                 })
             }
             Err(e) => ui::error(&format!("cannot run lvextend: {e}")),
@@ -938,6 +987,9 @@ impl Watcher {
             self.extend_cost = (self.extend_cost + took.max(Duration::from_millis(100))) / 2;
             if let Some(free) = self.vg_free.get_mut(&vg) {
                 *free = free.saturating_sub(f.bytes);
+            }
+            if f.last {
+                self.vg_full.insert(vg.clone());
             }
             let it = &mut self.items[f.item];
             it.extensions += 1;
@@ -983,8 +1035,9 @@ impl Watcher {
             }
             self.event("extend-failed", name, err);
         }
-        if self.braked {
-            // a held command stays stopped: only the hold's end continues it
+        // A held command stays stopped: only the hold's end continues it. After the last
+        // extension the next decision, on the new size, continues it (or holds it).
+        if self.braked && (self.held || !f.last) {
             if !self.held {
                 self.signal_group(Signal::SIGCONT);
             }
@@ -1177,6 +1230,7 @@ impl Watcher {
         self.held = false;
         self.held_items.clear();
         self.signal_group(Signal::SIGCONT);
+        self.braked = false;
         self.event(
             "resumed",
             String::new(),

@@ -27,6 +27,8 @@ buffered_case() {  # KIND ROOM_MB
   run=$(run_id_of out)
   check "$kind/$room MiB: the snapshot was never invalidated" not_invalid
   [ "$kind" = thin ] && check "$kind/$room MiB: the pool never ran out of space" pool_ok
+  # on a failure, what guard said and what device-mapper shows, for the log
+  [ "$TFAIL" = 0 ] || { sed 's/^/    | /' out | tail -20; dmsetup status | sed 's/^/    | dm: /'; }
   check_out "$kind/$room MiB: guard bounded the dirty page cache" out "dirty page cache"
   guard rollback "$run" > out2 2>&1
   wait $gp
