@@ -43,6 +43,9 @@ _guard() {
             guard,rollback)
                 cmd="guard__subcmd__rollback"
                 ;;
+            guard,snapshot)
+                cmd="guard__subcmd__snapshot"
+                ;;
             guard,status)
                 cmd="guard__subcmd__status"
                 ;;
@@ -75,6 +78,9 @@ _guard() {
                 ;;
             guard__subcmd__help,rollback)
                 cmd="guard__subcmd__help__subcmd__rollback"
+                ;;
+            guard__subcmd__help,snapshot)
+                cmd="guard__subcmd__help__subcmd__snapshot"
                 ;;
             guard__subcmd__help,status)
                 cmd="guard__subcmd__help__subcmd__status"
@@ -113,7 +119,7 @@ _guard() {
 
     case "${cmd}" in
         guard)
-            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --dry-run --wait --json --report --quiet --help --version status recover commit resume rollback dm-status watch policy man completions help"
+            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --dry-run --wait --json --report --quiet --help --version snapshot status recover commit resume rollback dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -217,7 +223,7 @@ _guard() {
             return 0
             ;;
         guard__subcmd__help)
-            opts="status recover commit resume rollback dm-status watch policy man completions help"
+            opts="snapshot status recover commit resume rollback dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -371,6 +377,20 @@ _guard() {
             return 0
             ;;
         guard__subcmd__help__subcmd__rollback)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__help__subcmd__snapshot)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -559,6 +579,52 @@ _guard() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__snapshot)
+            opts="-q -h --mount-at --policy --lv --mount --size --timeout --extend-at --no-freeze --dry-run --wait --json --report --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --mount-at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lv)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --mount)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --extend-at)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --report)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -49,6 +49,7 @@ complete -c guard -n "__fish_guard_needs_command" -l json -d 'Also write the fin
 complete -c guard -n "__fish_guard_needs_command" -s q -l quiet -d 'Print only warnings, errors and the summary'
 complete -c guard -n "__fish_guard_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c guard -n "__fish_guard_needs_command" -s V -l version -d 'Print version'
+complete -c guard -n "__fish_guard_needs_command" -a "snapshot" -d 'Take a consistent point-in-time copy of volumes (a database\'s, with its policy\'s lock), mount it read-only for a command (a backup), then unmount and remove it'
 complete -c guard -n "__fish_guard_needs_command" -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
 complete -c guard -n "__fish_guard_needs_command" -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
 complete -c guard -n "__fish_guard_needs_command" -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
@@ -60,6 +61,20 @@ complete -c guard -n "__fish_guard_needs_command" -a "policy" -d 'Check and list
 complete -c guard -n "__fish_guard_needs_command" -a "man" -d 'Print the man page (roff)'
 complete -c guard -n "__fish_guard_needs_command" -a "completions" -d 'Print a shell completion script'
 complete -c guard -n "__fish_guard_needs_command" -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l mount-at -d 'Mount the snapshots read-only under this folder for the command (made 0700 if missing; must be empty); the command finds it in GUARD_SNAPSHOT_ROOT' -r -F
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l policy -d 'Follow a policy for its targets and its hold hook (e.g. mysql: FLUSH TABLES WITH READ LOCK held across the snapshots)' -r
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l lv -d 'Copy this logical volume (repeatable)' -r
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l mount -d 'Copy the logical volume mounted at (or holding) this path (repeatable)' -r -F
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l size -d 'COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]' -r
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l timeout -d 'Stop the command after this long (30s, 10m, 1h)' -r
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]' -r
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l report -d 'Write the final report as JSON to FILE' -r -F
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l no-freeze -d 'Do not hold a set of volumes at one moment while snapshotting it'
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l dry-run -d 'Print the plan and where the snapshots would be mounted; change nothing'
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l wait -d 'Wait for another guard run holding one of the volumes instead of failing at once'
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l json -d 'Also write the final report as one JSON object to stderr'
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -s q -l quiet -d 'Print only warnings, errors and the summary'
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -s h -l help -d 'Print help'
 complete -c guard -n "__fish_guard_using_subcommand status" -l json -d 'Machine-readable output (schema guard.status/1)'
 complete -c guard -n "__fish_guard_using_subcommand status" -l all -d 'Include finished runs'
 complete -c guard -n "__fish_guard_using_subcommand status" -s h -l help -d 'Print help'
@@ -86,16 +101,17 @@ complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subc
 complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c guard -n "__fish_guard_using_subcommand man" -s h -l help -d 'Print help'
 complete -c guard -n "__fish_guard_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "watch" -d 'Watch the snapshots of kept runs and extend them before they fill (started in the background when a run is kept; ends when no kept run is left)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "policy" -d 'Check and list policies'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "man" -d 'Print the man page (roff)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from status recover commit resume rollback dm-status watch policy man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "snapshot" -d 'Take a consistent point-in-time copy of volumes (a database\'s, with its policy\'s lock), mount it read-only for a command (a backup), then unmount and remove it'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "watch" -d 'Watch the snapshots of kept runs and extend them before they fill (started in the background when a run is kept; ends when no kept run is left)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "policy" -d 'Check and list policies'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "man" -d 'Print the man page (roff)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "check" -d 'Validate a policy and print the settings it gives (merged with the defaults)'
 complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List the policies --policy can find, in search order'

@@ -129,8 +129,89 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// `guard snapshot`: the flags that make sense for a point-in-time copy.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Mount the snapshots read-only under this folder for the command (made 0700 if missing;
+    /// must be empty); the command finds it in GUARD_SNAPSHOT_ROOT
+    #[arg(long, value_name = "DIR")]
+    pub mount_at: PathBuf,
+    /// Follow a policy for its targets and its hold hook (e.g. mysql: FLUSH TABLES WITH READ
+    /// LOCK held across the snapshots)
+    #[arg(long, value_name = "NAME|FILE")]
+    pub policy: Option<String>,
+    /// Copy this logical volume (repeatable)
+    #[arg(long = "lv", value_name = "VG/LV")]
+    pub lvs: Vec<String>,
+    /// Copy the logical volume mounted at (or holding) this path (repeatable)
+    #[arg(long = "mount", value_name = "PATH")]
+    pub mounts: Vec<PathBuf>,
+    /// COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
+    pub size: Option<String>,
+    /// Stop the command after this long (30s, 10m, 1h)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]
+    #[arg(long, value_name = "PCT")]
+    pub extend_at: Option<f64>,
+    /// Do not hold a set of volumes at one moment while snapshotting it
+    #[arg(long)]
+    pub no_freeze: bool,
+    /// Print the plan and where the snapshots would be mounted; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait for another guard run holding one of the volumes instead of failing at once
+    #[arg(long)]
+    pub wait: bool,
+    /// Also write the final report as one JSON object to stderr
+    #[arg(long)]
+    pub json: bool,
+    /// Write the final report as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Print only warnings, errors and the summary
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// The command to run against the copy, after --
+    #[arg(last = true, value_name = "COMMAND", value_parser = clap::value_parser!(OsString))]
+    pub command: Vec<OsString>,
+}
+
+impl SnapshotArgs {
+    /// As a run's flags: the copy is never rolled back, so only these apply.
+    fn as_run_args(&self) -> RunArgs {
+        RunArgs {
+            policy: self.policy.clone(),
+            lvs: self.lvs.clone(),
+            mounts: self.mounts.clone(),
+            size: self.size.clone(),
+            timeout: self.timeout.clone(),
+            checks: vec![],
+            on_failure: None,
+            on_success: None,
+            keep: None,
+            extend_at: self.extend_at,
+            // the origin is live (a database serving): a full VG costs the copy, never a
+            // frozen server; an overflow is reported and fails the command's result
+            when_full: Some(crate::watch::WhenFull::Continue),
+            no_freeze: self.no_freeze,
+            finish: false,
+            dry_run: self.dry_run,
+            wait: self.wait,
+            json: self.json,
+            report: self.report.clone(),
+            quiet: self.quiet,
+            command: self.command.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Sub {
+    /// Take a consistent point-in-time copy of volumes (a database's, with its policy's lock),
+    /// mount it read-only for a command (a backup), then unmount and remove it
+    Snapshot(SnapshotArgs),
     /// List runs and their snapshots: phase, COW use, pending merges
     Status {
         /// Machine-readable output (schema guard.status/1)
@@ -295,6 +376,8 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         },
         freeze: !a.no_freeze && p.freeze.unwrap_or(true),
         freeze_limit: p.freeze_timeout.unwrap_or(crate::dm::hold::DEFAULT_LIMIT),
+        prefer_thin: p.prefer_thin,
+        copy_root: None,
         hooks: p.hooks.clone(),
         checks,
         warn_unless_on_lvm: p.warn_unless_on_lvm.clone(),
@@ -370,6 +453,17 @@ fn dispatch(cli: Cli) -> Result<i32> {
         return Ok(transaction::run(&lvm, &journal, &opts));
     };
     match sub {
+        Sub::Snapshot(a) => {
+            ui::set_quiet(a.quiet);
+            let policy = a.policy.as_deref().map(policy::load).transpose()?;
+            let mut opts = build_run_options(&a.as_run_args(), policy.as_ref())?;
+            // what the policy says to do after a change does not apply to a copy
+            opts.checks.clear();
+            opts.finish = false;
+            opts.copy_root = Some(a.mount_at.clone());
+            preflight()?;
+            Ok(transaction::copy(&lvm, &journal, &opts))
+        }
         Sub::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "guard", &mut std::io::stdout());
             Ok(0)
@@ -426,6 +520,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             }
             // a run still in its guard's hands is steered by a signal: that guard holds the locks
             if let Ok(rec) = journal.load(&run) {
+                if rec.copy.is_some() {
+                    return Err(Error::refused(
+                        format!("run {run} is a `guard snapshot` copy: it has nothing to roll back"),
+                        "it ends by itself when its command does; `guard commit RUN` removes a left-over copy",
+                    ));
+                }
                 if rec.phase == crate::store::journal::Phase::Running
                     && crate::store::journal::process_alive(rec.guard_pid, rec.guard_start)
                 {
@@ -521,6 +621,15 @@ fn commit_run(
     rec: &mut crate::store::journal::RunRecord,
 ) -> Result<i32> {
     use crate::store::journal::Phase;
+    if rec.copy.is_some() && rec.phase != Phase::Done {
+        // a copy's snapshots are unmounted first; whatever its phase, they are only removed
+        transaction::copy::end(lvm, journal, rec)?;
+        ui::say(&format!(
+            "run {}: the copy is unmounted and its snapshots removed",
+            rec.id
+        ));
+        return Ok(0);
+    }
     match rec.phase {
         Phase::Kept | Phase::Committing | Phase::Decided => {
             transaction::commit(lvm, journal, rec)?;

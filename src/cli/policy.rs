@@ -80,6 +80,9 @@ pub struct SnapshotSection {
     pub size: Option<String>,
     pub freeze: Option<bool>,
     pub freeze_timeout: Option<String>,
+    /// Say (dry run, report) when a target is thick: its snapshot slows synchronous writes.
+    #[serde(default)]
+    pub prefer_thin: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +144,7 @@ pub struct Policy {
     pub size: Option<crate::size::SizeSpec>,
     pub freeze: Option<bool>,
     pub freeze_timeout: Option<Duration>,
+    pub prefer_thin: bool,
     pub extend_at: Option<f64>,
     pub when_full: Option<crate::watch::WhenFull>,
     pub timeout: Option<Duration>,
@@ -501,6 +505,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         size,
         freeze: f.snapshot.freeze,
         freeze_timeout: duration(origin, text, "freeze_timeout", &f.snapshot.freeze_timeout)?,
+        prefer_thin: f.snapshot.prefer_thin,
         extend_at: f.watch.extend_at,
         when_full: f.watch.when_full,
         timeout: duration(origin, text, "timeout", &f.run.timeout)?,

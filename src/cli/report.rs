@@ -36,6 +36,10 @@ pub struct Report {
     /// (partial: some target was not rolled back; `targets[].rollback` says which)
     pub action: String,
     pub duration_seconds: Option<f64>,
+    pub writers_held_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub copy_root: Option<String>,
+    pub notes: Vec<String>,
     pub targets: Vec<TargetReport>,
     pub events: Vec<crate::watch::Event>,
     pub todo: Vec<String>,
@@ -61,6 +65,10 @@ impl Report {
             failed_check: rec.failed_check.clone(),
             action: action.into(),
             duration_seconds: duration.map(|d| (d * 1000.0).round() / 1000.0),
+            writers_held_ms: rec.writers_held_ms,
+            downtime_ms: rec.downtime_ms,
+            copy_root: rec.copy.as_ref().map(|c| c.root.display().to_string()),
+            notes: rec.notes.clone(),
             targets: rec
                 .targets
                 .iter()
@@ -149,6 +157,18 @@ impl Report {
                 },
             };
             s += &format!("guard:   {}: {state} ({used})\n", t.lv);
+        }
+        if let Some(ms) = self.writers_held_ms {
+            s += &format!("guard:   writers held {ms} ms for the snapshots\n");
+        }
+        if let Some(ms) = self.downtime_ms {
+            s += &format!(
+                "guard:   services down {:.1} s for the rollback\n",
+                ms as f64 / 1000.0
+            );
+        }
+        for n in &self.notes {
+            s += &format!("guard: note: {n}\n");
         }
         for t in &self.todo {
             s += &format!("guard: to do: {t}\n");

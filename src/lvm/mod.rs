@@ -138,6 +138,8 @@ pub trait Lvm {
     fn extend(&self, vg: &str, lv: &str, bytes: u64) -> Result<()>;
     /// Writes the VG's metadata backup (/etc/lvm/backup), skipped while volumes were held.
     fn backup_metadata(&self, vg: &str) -> Result<()>;
+    /// Activates an LV, also one LVM skips at activation (a thin snapshot), to read it.
+    fn activate(&self, vg: &str, lv: &str) -> Result<()>;
 }
 
 /// The VGs as seen through an LV report (one `lvs` call answers both).

@@ -94,6 +94,13 @@ impl Lvm for RealLvm {
         }
     }
 
+    fn activate(&self, vg: &str, lv: &str) -> Result<()> {
+        self.lvm("lvchange")?
+            .args(["-q", "-ay", "-K", &format!("{vg}/{lv}")])
+            .run_checked()
+            .map(drop)
+    }
+
     fn backup_metadata(&self, vg: &str) -> Result<()> {
         self.lvm("vgcfgbackup")?.arg(vg).run_checked().map(drop)
     }

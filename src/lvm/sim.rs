@@ -220,6 +220,14 @@ impl Lvm for SimLvm {
         Ok(false)
     }
 
+    fn activate(&self, vg: &str, lv: &str) -> Result<()> {
+        self.state
+            .borrow_mut()
+            .calls
+            .push(format!("activate {vg}/{lv}"));
+        Ok(())
+    }
+
     fn extend(&self, vg: &str, lv: &str, bytes: u64) -> Result<()> {
         let mut st = self.state.borrow_mut();
         st.calls.push(format!("extend {vg}/{lv} {bytes}"));

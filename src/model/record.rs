@@ -125,4 +125,28 @@ pub struct RunRecord {
     /// Paths outside the set archived before the snapshots (e.g. /boot): restored on rollback.
     #[serde(default)]
     pub saved: Vec<SavedPath>,
+    /// How long writers were held for the snapshots, in ms: from the hold hooks' ready line
+    /// (a database's read lock granted) to their end; without hold hooks, the snapshot step.
+    #[serde(default)]
+    pub writers_held_ms: Option<u64>,
+    /// A rollback with pre_rollback hooks (a service stopped): ms from those hooks' start to
+    /// the end of the post_rollback hooks, the time the service was down.
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+    /// Set for `guard snapshot` runs: the snapshots are a point-in-time copy for a command
+    /// (a backup), never a rollback point. Ending such a run always removes them.
+    #[serde(default)]
+    pub copy: Option<CopyRun>,
+    /// Advice about the run (a thick target under a database policy).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A `guard snapshot` run: where the snapshots were mounted for the command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyRun {
+    /// GUARD_SNAPSHOT_ROOT.
+    pub root: PathBuf,
+    /// What guard mounted, deepest last; recover unmounts them (deepest first).
+    pub mounted: Vec<PathBuf>,
 }

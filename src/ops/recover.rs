@@ -102,6 +102,10 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
         policy: None,
         failed_check: None,
         saved: vec![],
+        writers_held_ms: None,
+        downtime_ms: None,
+        copy: None,
+        notes: vec![],
     })
 }
 
@@ -252,6 +256,25 @@ fn recover_run(
         sum.saw(format!(
             "run {id}: {:?} and its guard is gone; left for `guard recover` (the expiry timer only ends keep windows)",
             rec.phase
+        ));
+        return Ok(());
+    }
+    // A `guard snapshot` copy whose guard is gone: unmount it and remove its snapshots, never
+    // merge them (the server wrote on since the copy was taken).
+    if rec.copy.is_some() && rec.phase != Phase::Done {
+        if let (Phase::Running, Some(pid), Some(start)) =
+            (rec.phase, rec.child_pid, rec.child_start)
+        {
+            if journal::process_alive(pid, start) {
+                sum.saw(format!(
+                    "run {id}: guard is gone but the command reading its copy (pid {pid}) still runs; run `guard recover` again when it has ended"
+                ));
+                return Ok(());
+            }
+        }
+        crate::run::copy::end(lvm, journal, rec)?;
+        sum.did(format!(
+            "run {id}: a `guard snapshot` copy whose guard is gone: unmounted, snapshots removed"
         ));
         return Ok(());
     }

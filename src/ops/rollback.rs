@@ -104,6 +104,7 @@ pub fn rollback_with_hooks(
     // the activation itself completes the merges)
     let finish = finish || (policy_finish && !at_boot);
     let env = HookEnv::for_record(rec);
+    let down_from = std::time::Instant::now();
     run_point_reporting(&hooks, HookPoint::PreRollback, &env);
     crate::watch::background::room_for_deferred_merges(lvm, rec);
     let mut todo = rollback_run(lvm, journal, rec)?;
@@ -117,7 +118,31 @@ pub fn rollback_with_hooks(
         }
     }
     run_point_reporting(&hooks, HookPoint::PostRollback, &env);
+    record_downtime(journal, rec, &hooks, down_from);
     Ok(todo)
+}
+
+/// A rollback whose pre_rollback hooks stopped a service: how long it was down, from those
+/// hooks' start to the end of the post_rollback hooks (which start it and wait for it).
+pub fn record_downtime(
+    journal: &Journal,
+    rec: &mut RunRecord,
+    hooks: &[crate::run::hooks::HookSpec],
+    from: std::time::Instant,
+) {
+    use crate::run::hooks::HookPoint;
+    if !hooks.iter().any(|h| h.when == HookPoint::PreRollback) {
+        return;
+    }
+    let ms = from.elapsed().as_millis() as u64;
+    rec.downtime_ms = Some(ms);
+    ui::say(&format!(
+        "services were down for {:.1} s (from the pre_rollback hooks to the end of the post_rollback hooks)",
+        ms as f64 / 1000.0
+    ));
+    if let Err(e) = journal.write(rec) {
+        ui::warn(&format!("cannot journal the downtime: {e}"));
+    }
 }
 
 /// Tag put on an origin whose snapshot was found invalid before guard removes it: a journal
@@ -171,6 +196,20 @@ pub fn rollback_with(
     rec: &mut RunRecord,
     known: Option<&[Known]>,
 ) -> Result<Vec<String>> {
+    // A `guard snapshot` copy is a backup's source, never a rollback point: merging it would
+    // throw away everything the server wrote since.
+    if rec.copy.is_some() {
+        return Err(Error::refused(
+            format!(
+                "run {} is a `guard snapshot` copy: it has nothing to roll back",
+                rec.id
+            ),
+            format!(
+                "`guard commit {}` unmounts and removes its snapshots",
+                rec.id
+            ),
+        ));
+    }
     // Resuming after guard was killed mid-rollback: a snapshot that is gone was merged (guard
     // removes snapshots in this phase only by merging them).
     let resuming = rec.phase == Phase::RollingBack;
@@ -714,7 +753,7 @@ pub fn remount_all(origin: &lvm::Lv, unmounted: &[mounts::Mount]) -> Vec<String>
 /// place, and root would then mount the volume wherever it points. The folder is opened without
 /// following a link (its path must be its own canonical path), and mount(8) is given
 /// /proc/self/fd/N, the folder just checked. Returns the open folder and that path.
-fn held_mountpoint(mp: &Path) -> Result<(std::fs::File, String)> {
+pub(crate) fn held_mountpoint(mp: &Path) -> Result<(std::fs::File, String)> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let canonical = std::fs::canonicalize(mp)

@@ -9,7 +9,8 @@
 //!
 //! Points: `pre_snapshot` (failure aborts the run, nothing changed), `hold` (started before the
 //! snapshots; guard waits for its ready line and ends it once the snapshots exist: the database
-//! lock case), `post_snapshot`, `pre_rollback` (e.g. stop services so the merge can start now),
+//! lock case), `hold_failed` (a hold could not be put in place: show who blocks it),
+//! `post_snapshot`, `pre_rollback` (e.g. stop services so the merge can start now),
 //! `post_rollback`, `post_success`. Failures after the snapshots exist are reported, never allowed
 //! to stop a rollback.
 use crate::error::{Error, Result};
@@ -26,6 +27,9 @@ use std::time::{Duration, Instant};
 pub enum HookPoint {
     PreSnapshot,
     Hold,
+    /// A hold could not be put in place: say who is in the way (a database's long
+    /// statements); nothing was changed.
+    HoldFailed,
     PostSnapshot,
     PreRollback,
     PostRollback,
@@ -37,6 +41,7 @@ impl HookPoint {
         match self {
             HookPoint::PreSnapshot => "pre_snapshot",
             HookPoint::Hold => "hold",
+            HookPoint::HoldFailed => "hold_failed",
             HookPoint::PostSnapshot => "post_snapshot",
             HookPoint::PreRollback => "pre_rollback",
             HookPoint::PostRollback => "post_rollback",
@@ -263,6 +268,8 @@ pub struct Hold {
     name: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
+    /// When its ready line came: from then on it holds writers.
+    pub ready_at: Instant,
 }
 
 /// Starts a hold hook and waits for its ready line.
@@ -287,11 +294,15 @@ pub fn start_hold(h: &HookSpec, env: &HookEnv) -> Result<Hold> {
         name: h.name.clone(),
         child: Some(child),
         stdin,
+        ready_at: Instant::now(),
     };
     loop {
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_millis(50))) {
-            Ok(line) if line.contains(&ready) => return Ok(hold),
+            Ok(line) if line.contains(&ready) => {
+                hold.ready_at = Instant::now();
+                return Ok(hold);
+            }
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {

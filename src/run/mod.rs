@@ -2,6 +2,7 @@
 //! back, and report. Every phase change is journaled before it is acted on, so that a guard
 //! killed at any point leaves enough for `guard recover` to finish the job.
 pub mod child;
+pub mod copy;
 pub mod hooks;
 pub mod plan;
 use crate::cli::report::Report;
@@ -58,6 +59,11 @@ pub struct RunOptions {
     /// Hold the set at one moment while it is snapshotted (sets of two or more volumes).
     pub freeze: bool,
     pub freeze_limit: Duration,
+    /// Note thick targets (dry run, report): their snapshots slow synchronous writes.
+    pub prefer_thin: bool,
+    /// `guard snapshot --mount-at DIR`: a point-in-time copy mounted at DIR for the command,
+    /// always removed afterwards (never a rollback point).
+    pub copy_root: Option<PathBuf>,
     pub hooks: Vec<HookSpec>,
     pub checks: Vec<CheckSpec>,
     /// Paths that should be on LVM for a whole rollback: warn when not.
@@ -103,6 +109,9 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     if opts.dry_run {
         let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
+        for n in plan::notes(&plan, opts.prefer_thin) {
+            ui::print_block(&format!("note: {n}\n"));
+        }
         ui::print_block("dry run: nothing was changed\n");
         return Ok(0);
     }
@@ -149,6 +158,137 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     )?;
     crate::fault::pause("before-decision");
     let todo = apply_decision(lvm, journal, &mut rec, opts, &watcher);
+    let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
+    emit_report(&report, opts);
+    Ok(code)
+}
+
+/// `guard snapshot`: the set at one moment (hold hooks, freeze), mounted read-only for the
+/// command, watched and extended while it runs, then unmounted and removed whatever the command
+/// did. Returns the command's exit status, or 123 when a snapshot overflowed under it (the
+/// copy it read is not whole).
+pub fn copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> i32 {
+    match execute_copy(lvm, journal, opts) {
+        Ok(code) => code,
+        Err(e) => {
+            ui::error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
+    let Some(root) = opts.copy_root.clone() else {
+        return Err(Error::Other("a copy run without --mount-at".into()));
+    };
+    if opts.command.is_empty() {
+        return Err(Error::refused(
+            "no command given",
+            "put the command after --, e.g. guard snapshot --policy mysql --mount-at /snap -- rsync -a /snap/ /backup/",
+        ));
+    }
+    child::resolve_program(&opts.command[0])?;
+    copy::check_root(&root)?;
+    let sig = SignalState::install()?;
+    let run_id = journal::new_run_id();
+    crate::log::set_run(&run_id);
+    let planned = plan_stage(lvm, opts)?;
+    if opts.dry_run {
+        let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
+        ui::print_block(&plan::describe(&plan));
+        for (i, at) in copy::layout(&root, &plan) {
+            ui::print_block(&format!(
+                "  would mount the snapshot of {} read-only at {}\n",
+                plan.targets[i].full_name(),
+                at.display()
+            ));
+        }
+        ui::print_block("dry run: nothing was changed\n");
+        return Ok(0);
+    }
+    if crate::dm::freeze::on_frozen_fs(journal.dir()) {
+        return Err(Error::refused(
+            format!(
+                "another guard holds the filesystem of {} frozen (its volume group is full)",
+                journal.dir().display()
+            ),
+            "see `guard status`: free space and `guard resume RUN`, or `guard rollback RUN`, then run this again",
+        ));
+    }
+    let (_locks, plan) = lock_stage(lvm, opts, &run_id, &planned)?;
+    copy::prepare_root(&root)?;
+    let started = Instant::now();
+    let env = HookEnv {
+        run_id: run_id.clone(),
+        targets: names(&plan),
+        ..Default::default()
+    };
+    let holds = hooks_stage(opts, &env)?;
+    let mut rec = snapshot_stage(lvm, journal, opts, &plan, &[], holds, &env)?;
+    let mounted = match sig.pending() {
+        Some(s) => Err(Error::Other(format!("interrupted by signal {s}"))),
+        None => copy::mount_all(lvm, journal, &mut rec, &plan, &root),
+    };
+    if let Err(e) = mounted {
+        if let Some(c) = rec.copy.as_mut() {
+            for m in copy::unmount_all(c) {
+                ui::error(&m);
+            }
+        }
+        abort_after_snapshots(lvm, journal, &mut rec, &e.to_string())?;
+        return Err(e);
+    }
+    let (finished, watcher, mut rec) = run_stage(journal, opts, &plan, rec, &sig)?;
+    let mut code = match &finished {
+        Ok(f) => {
+            rec.outcome = Some(if f.exit.success() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            });
+            rec.exit_status = Some(f.exit.code());
+            rec.reason = Some(f.exit.describe());
+            ui::event(
+                Kind::CommandResult,
+                &format!("command {}", describe_exit(f.exit, f.elapsed)),
+                &[("GUARD_EXIT_STATUS", f.exit.code().to_string())],
+            );
+            f.exit.code()
+        }
+        Err(e) => {
+            rec.outcome = Some(Outcome::Aborted);
+            rec.reason = Some(e.to_string());
+            ui::error(&e.to_string());
+            e.exit_code()
+        }
+    };
+    let lost: Vec<String> = watcher
+        .items
+        .iter()
+        .filter(|it| it.invalid)
+        .map(|it| it.name())
+        .collect();
+    if !lost.is_empty() {
+        let why = format!(
+            "the snapshot of {} overflowed while the command read it: what it copied is not one consistent moment",
+            lost.join(", ")
+        );
+        ui::error(&why);
+        rec.reason = Some(why);
+        rec.outcome = Some(Outcome::Failure);
+        if code == 0 {
+            code = EXIT_CHECK_FAILED;
+        }
+    }
+    rec.phase = Phase::Decided;
+    journal.write(&mut rec)?;
+    let todo = match copy::end(lvm, journal, &mut rec) {
+        Ok(()) => vec![],
+        Err(e) => {
+            ui::error(&e.to_string());
+            vec![e.to_string()]
+        }
+    };
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
     Ok(code)
@@ -230,7 +370,15 @@ fn hooks_stage(opts: &RunOptions, env: &HookEnv) -> Result<Vec<hooks::Hold>> {
     hooks::run_point(&opts.hooks, HookPoint::PreSnapshot, env).map_err(before)?;
     let mut holds = Vec::new();
     for h in opts.hooks.iter().filter(|h| h.when == HookPoint::Hold) {
-        holds.push(hooks::start_hold(h, env).map_err(before)?);
+        match hooks::start_hold(h, env) {
+            Ok(hold) => holds.push(hold),
+            Err(e) => {
+                // the holds in place end first: the diagnosis must not wait behind our own lock
+                drop(holds);
+                hooks::run_point_reporting(&opts.hooks, HookPoint::HoldFailed, env);
+                return Err(before(e));
+            }
+        }
     }
     Ok(holds)
 }
@@ -263,10 +411,20 @@ fn snapshot_stage(
         &format!("run {run_id}: protecting {}", names(plan)),
         &[("GUARD_COMMAND", lossy(&opts.command).join(" "))],
     );
+    let step = Instant::now();
     snapshot_set(lvm, journal, plan, &mut rec, opts)?;
+    let held_from = holds.iter().map(|h| h.ready_at).min().unwrap_or(step);
     for mut h in holds {
         h.end();
     }
+    let held = held_from.elapsed();
+    rec.writers_held_ms = Some(held.as_millis() as u64);
+    let by = if opts.hooks.iter().any(|h| h.when == HookPoint::Hold) {
+        "the hold hooks' lock"
+    } else {
+        "the snapshots' freeze, at most"
+    };
+    ui::say(&format!("writers held for {} ms ({by})", held.as_millis()));
     hooks::run_point_reporting(&opts.hooks, HookPoint::PostSnapshot, env);
     Ok(rec)
 }
@@ -324,7 +482,13 @@ fn run_stage(
     journal.write(&mut rec)?;
     let spec = RunSpec {
         argv: &opts.command,
-        env: vec![("GUARD_RUN".into(), plan.run_id.clone())],
+        env: std::iter::once(("GUARD_RUN".into(), plan.run_id.clone()))
+            .chain(
+                opts.copy_root
+                    .iter()
+                    .map(|r| ("GUARD_SNAPSHOT_ROOT".into(), r.display().to_string())),
+            )
+            .collect(),
         timeout: opts.timeout,
         first_tick: Duration::from_millis(20),
     };
@@ -560,6 +724,16 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
         policy: opts.policy.clone(),
         failed_check: None,
         saved: vec![],
+        writers_held_ms: None,
+        downtime_ms: None,
+        copy: opts
+            .copy_root
+            .clone()
+            .map(|root| crate::model::record::CopyRun {
+                root,
+                mounted: vec![],
+            }),
+        notes: plan::notes(plan, opts.prefer_thin),
     }
 }
 
@@ -731,11 +905,13 @@ fn apply_decision(
     // set when a finish found a mount point busy: the post_rollback hooks would start the
     // services again on data that the scheduled merge is about to discard
     let mut hold_post = false;
+    let mut down_from = None;
     let result = if keep {
         keep_run(journal, rec, opts.keep)
     } else if success {
         commit(lvm, journal, rec).map(|_| vec![])
     } else {
+        down_from = Some(Instant::now());
         hooks::run_point_reporting(&opts.hooks, HookPoint::PreRollback, &env);
         let known: Vec<rollback::Known> = watcher
             .items
@@ -779,6 +955,9 @@ fn apply_decision(
         };
         if let Some(p) = point {
             hooks::run_point_reporting(&opts.hooks, p, &env);
+        }
+        if let Some(t) = down_from {
+            rollback::record_downtime(journal, rec, &opts.hooks, t);
         }
     }
     match result {

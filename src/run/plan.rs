@@ -381,6 +381,23 @@ fn check_target(lvs: &[Lv], lv: &Lv, named: &str) -> Result<()> {
 }
 
 /// The plan as an operator reads it (--dry-run).
+/// Advice about the plan: with `prefer_thin` (the database policies), each thick target.
+pub fn notes(plan: &Plan, prefer_thin: bool) -> Vec<String> {
+    if !prefer_thin {
+        return vec![];
+    }
+    plan.targets
+        .iter()
+        .filter(|t| t.pool.is_none())
+        .map(|t| {
+            format!(
+                "{} is a thick LV: while its snapshot exists every first write to a chunk is copied before it lands, and synchronous writes (a database's commits) slow several-fold (see BENCHMARKS.md); a thin LV's snapshot does not cost that",
+                t.full_name()
+            )
+        })
+        .collect()
+}
+
 pub fn describe(plan: &Plan) -> String {
     let mut s = format!("plan for run {}:\n", plan.run_id);
     for t in &plan.targets {

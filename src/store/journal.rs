@@ -418,6 +418,10 @@ mod tests {
             policy: None,
             failed_check: None,
             saved: vec![],
+            writers_held_ms: None,
+            downtime_ms: None,
+            copy: None,
+            notes: vec![],
         }
     }
 

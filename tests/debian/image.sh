@@ -4,8 +4,12 @@
 # root LV, udev, lvm2, sshd, dpkg, apt). Built once and cached; each scenario boots a sparse copy
 # of the pristine disk.
 #
-#   image.sh       build (or reuse) $CACHE: disk.img (PV: vg0/root), boot.img (/boot, a plain
-#                  ext4 disk), vmlinuz, initrd.img, id_ed25519, repo/
+#   image.sh [base|db]  build (or reuse) $CACHE: disk.img (PV: vg0/root), boot.img (/boot, a
+#                  plain ext4 disk), vmlinuz, initrd.img, id_ed25519, repo/
+#
+# The db variant (issue 12, its own cache) adds MariaDB and PostgreSQL 15 from Debian's archive,
+# each on its own LV: /var/lib/mysql on vg0/mysql (thick), /var/lib/postgresql on vg0/pg, a thin
+# LV in the pool vg0/pool; both servers started by systemd at boot.
 #
 # Steps: debootstrap (minbase) → packages and config in a host chroot (the initramfs is built
 # there too: inside the emulated guest it takes 8 minutes) → mkfs.ext4 -d into root.img → the
@@ -17,11 +21,16 @@
 # ok and conf 2.0; repo-bad has all three at 2.0.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/../.." && pwd)
-CACHE=${GUARD_DEBIAN_CACHE:-$HOME/.cache/guard-debian}
+VARIANT=${1:-base}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-RECIPE=5
 PKGS="systemd-sysv lvm2 thin-provisioning-tools linux-image-amd64 initramfs-tools openssh-server
       e2fsprogs udev kmod dbus zstd iproute2 ifupdown isc-dhcp-client procps less python3"
+case $VARIANT in
+  base) CACHE=${GUARD_DEBIAN_CACHE:-$HOME/.cache/guard-debian}; RECIPE=5 ;;
+  db) CACHE=${GUARD_DEBIAN_DB_CACHE:-$HOME/.cache/guard-debian-db}; RECIPE=db2
+      PKGS="$PKGS mariadb-server mariadb-client postgresql-15 postgresql-client-15 rsync xfsprogs" ;;
+  *) echo "image.sh: unknown variant '$VARIANT' (base or db)" >&2; exit 2 ;;
+esac
 
 if [ -f "$CACHE/disk.img" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ]; then exit 0; fi
 for p in debootstrap dpkg-dev openssh-client e2fsprogs; do
@@ -75,6 +84,12 @@ printf 'dm-mod\ndm-snapshot\ndm-thin-pool\nvirtio_pci\nvirtio_blk\ncrc32c_generi
 # fstab before the kernel's postinst runs update-initramfs: the hook looks at the root device.
 # /boot is a plain partition (the second disk), as Debian's guided LVM install makes it.
 printf '/dev/vg0/root / ext4 defaults,errors=remount-ro 0 1\nLABEL=boot /boot ext4 defaults 0 2\n' > "$R/etc/fstab"
+if [ "$VARIANT" = db ]; then
+  printf '/dev/vg0/mysql /var/lib/mysql ext4 defaults 0 2\n/dev/vg0/pg /var/lib/postgresql ext4 defaults 0 2\n' >> "$R/etc/fstab"
+  # a 1 GiB guest runs both servers: small buffers
+  mkdir -p "$R/etc/mysql/mariadb.conf.d"
+  printf '[mysqld]\ninnodb_buffer_pool_size = 64M\nperformance_schema = OFF\n' > "$R/etc/mysql/mariadb.conf.d/90-guardtest.cnf"
+fi
 chroot "$R" apt-get update -qq
 DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq --no-install-recommends $PKGS > apt.log 2>&1 || { tail -20 apt.log; exit 1; }
 # the guest has no network: only the local repositories
@@ -84,6 +99,12 @@ echo 'deb [trusted=yes] file:/srv/repo/v1 ./' > "$R/etc/apt/sources.list.d/guard
 chroot "$R" apt-get update -qq
 DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq guardtest-ok guardtest-conf guardtest-bad >> apt.log 2>&1
 chroot "$R" apt-get clean
+if [ "$VARIANT" = db ]; then
+  # PostgreSQL's cluster: small shared buffers, local connections as in a stock install
+  sed -i 's/^shared_buffers = .*/shared_buffers = 32MB/' "$R"/etc/postgresql/15/main/postgresql.conf
+  [ -d "$R/var/lib/mysql/mysql" ] && [ -d "$R/var/lib/postgresql/15/main" ] \
+    || { echo "debian image: the database servers' data folders were not created" >&2; exit 1; }
+fi
 echo lvmroot > "$R/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 lvmroot\n' > "$R/etc/hosts"
 mkdir -p "$R/root/.ssh"; chmod 700 "$R/root/.ssh"
@@ -113,7 +134,33 @@ set -e
 pvcreate -q /dev/vda; vgcreate -q vg0 /dev/vda
 lvcreate -q -y -Wy -Zy -L 1536M -n root vg0
 dd if=/dev/vdb of=/dev/vg0/root bs=4M conv=fsync 2>/dev/null
-e2fsck -fn /dev/vg0/root >/dev/null && echo "layout ok"
+e2fsck -fn /dev/vg0/root >/dev/null
+L
+if [ "$VARIANT" = db ]; then
+  # the datadirs move from the root LV to their own LVs (same owners and modes)
+  cat >> share/layout.sh <<'L'
+lvcreate -q -y -Wy -Zy -L 256M -n mysql vg0
+lvcreate -q -y -Wy -Zy -L 320M -T vg0/pool
+lvcreate -q -y -V 256M -T vg0/pool -n pg
+mkdir -p /r /d
+mount /dev/vg0/root /r
+for pair in mysql:var/lib/mysql pg:var/lib/postgresql; do
+  lv=${pair%%:*}; dir=/r/${pair#*:}
+  mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 /dev/vg0/$lv
+  mount /dev/vg0/$lv /d
+  cp -a "$dir"/. /d/
+  rm -rf /d/lost+found
+  own=$(stat -c %u:%g "$dir"); mode=$(stat -c %a "$dir")
+  chown "$own" /d; chmod "$mode" /d
+  rm -rf "$dir"; mkdir "$dir"; chown "$own" "$dir"; chmod "$mode" "$dir"
+  umount /d
+done
+umount /r
+e2fsck -fn /dev/vg0/mysql >/dev/null; e2fsck -fn /dev/vg0/pg >/dev/null
+L
+fi
+cat >> share/layout.sh <<'L'
+echo "layout ok"
 vgchange -an vg0 >/dev/null
 L
 "$top/tests/vm/vm.sh" run --disk disk.img --disk root.img --share share --timeout 600 share/layout.sh | grep -q "layout ok" \
