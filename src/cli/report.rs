@@ -115,6 +115,9 @@ impl Report {
             }
         };
         let action = match self.action.as_str() {
+            "committed" if self.copy_root.is_some() => {
+                "the copy was unmounted and its snapshots removed"
+            }
             "committed" => "snapshots removed, the change is kept",
             "rolled-back" => "rolled back",
             "rollback-scheduled" => "rollback scheduled",
@@ -152,6 +155,7 @@ impl Report {
                 ),
                 _ => match self.action.as_str() {
                     "kept" => format!("snapshot {} kept", t.snapshot),
+                    "committed" if self.copy_root.is_some() => "copied".into(),
                     "committed" => "change kept".into(),
                     _ => "unchanged".into(),
                 },

@@ -12,6 +12,9 @@ use crate::error::Result;
 pub const TAG: &str = "guard";
 /// Tag naming the run a snapshot belongs to: `guard-run:<RUN>`.
 pub const RUN_TAG_PREFIX: &str = "guard-run:";
+/// On the snapshots of a `guard snapshot` copy: never a rollback point, whatever the journal
+/// says (or no longer says).
+pub const COPY_TAG: &str = "guard-copy";
 /// Tag put on an origin whose merge was deferred to its next activation. It lives in the VG
 /// metadata, so it survives the rollback of the filesystem that holds guard's journal.
 pub const MERGE_TAG_PREFIX: &str = "guard-merge:";

@@ -148,5 +148,13 @@ pub struct CopyRun {
     /// GUARD_SNAPSHOT_ROOT.
     pub root: PathBuf,
     /// What guard mounted, deepest last; recover unmounts them (deepest first).
-    pub mounted: Vec<PathBuf>,
+    pub mounted: Vec<CopyMount>,
+}
+
+/// One snapshot mounted for a copy: where, and the device (major, minor), so that only that
+/// mount is ever unmounted there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyMount {
+    pub at: PathBuf,
+    pub dev: (u32, u32),
 }

@@ -50,6 +50,7 @@ fn expired(rec: &RunRecord) -> bool {
 /// A run rebuilt from its snapshots' tags, for when the journal lost it (or never had it).
 pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
     let mut targets: Vec<TargetRecord> = Vec::new();
+    let mut copy = false;
     for s in lvs
         .iter()
         .filter(|l| l.is_guard_snapshot() && l.run_id() == Some(run))
@@ -68,6 +69,7 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             extensions: 0,
             invalidated: s.invalid,
         });
+        copy |= s.tags.iter().any(|t| t == lvm::COPY_TAG);
     }
     if targets.is_empty() {
         return None;
@@ -104,7 +106,10 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
         saved: vec![],
         writers_held_ms: None,
         downtime_ms: None,
-        copy: None,
+        copy: copy.then(|| crate::model::record::CopyRun {
+            root: std::path::PathBuf::new(),
+            mounted: vec![],
+        }),
         notes: vec![],
     })
 }
@@ -185,9 +190,14 @@ pub fn recover(lvm: &dyn Lvm, journal: &Journal, expire: bool) -> Result<Summary
         }
     }
     for run in orphan_runs {
-        sum.saw(format!(
-            "run {run} has guard snapshots but no journal entry: keep its change with `guard commit {run}`, undo it with `guard rollback {run}`"
-        ));
+        let copy = lvs
+            .iter()
+            .any(|s| s.run_id() == Some(run.as_str()) && s.tags.iter().any(|t| t == lvm::COPY_TAG));
+        sum.saw(if copy {
+            format!("run {run} is a `guard snapshot` copy with no journal entry: remove its snapshots with `guard commit {run}`")
+        } else {
+            format!("run {run} has guard snapshots but no journal entry: keep its change with `guard commit {run}`, undo it with `guard rollback {run}`")
+        });
     }
     for o in lvs.iter().filter(|l| l.merge_tag_runs().next().is_some()) {
         let runs: Vec<String> = o.merge_tag_runs().map(String::from).collect();
@@ -252,7 +262,7 @@ fn recover_run(
     // The timer ends keep windows and nothing else: a run whose guard died with its outcome
     // unknown (or whose decision is still being carried out) is for the operator or the boot
     // to resolve, never for a timer that may roll back / five minutes after a success.
-    if expire && rec.phase != Phase::Kept {
+    if expire && rec.phase != Phase::Kept && rec.copy.is_none() {
         sum.saw(format!(
             "run {id}: {:?} and its guard is gone; left for `guard recover` (the expiry timer only ends keep windows)",
             rec.phase
@@ -266,6 +276,7 @@ fn recover_run(
             (rec.phase, rec.child_pid, rec.child_start)
         {
             if journal::process_alive(pid, start) {
+                continue_stopped(pid);
                 sum.saw(format!(
                     "run {id}: guard is gone but the command reading its copy (pid {pid}) still runs; run `guard recover` again when it has ended"
                 ));
@@ -390,6 +401,16 @@ fn recover_run(
         Phase::Done => {}
     }
     Ok(())
+}
+
+/// A copy's command (the reader: a backup) whose guard died while it was paused would stay
+/// stopped for good: continue its group (it leads it), so that it can end. (A change's command
+/// stays as guard left it: its writes have nobody watching the snapshot any more.)
+fn continue_stopped(pid: u32) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    );
 }
 
 fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summary) -> Result<()> {
@@ -550,6 +571,57 @@ mod tests {
         assert_eq!(rec.targets[0].lv, "data");
         assert_eq!(rec.phase, Phase::Kept);
         assert!(record_from_tags(&[], "R").is_none());
+    }
+
+    #[test]
+    fn a_copy_lost_from_the_journal_is_still_a_copy_and_is_never_merged() {
+        // a `guard snapshot` copy whose record is gone: rebuilt from the tags, it is a copy, a
+        // rollback of it is refused, and recover only removes it
+        let d = tempfile::tempdir().unwrap();
+        std::env::set_var(
+            "GUARD_LOCK_DIR",
+            std::env::temp_dir().join("guard-unit-locks"),
+        );
+        let j = Journal::at(d.path());
+        let sim = SimLvm::new("vg", 100, vec![lv("vg", "dbdata", 100)]);
+        let id = "20261128-101010-c0c0";
+        let mut snap = lv("vg", &format!("dbdata-guard-{id}"), 8);
+        snap.origin = Some("dbdata".into());
+        snap.tags = vec![
+            "guard".into(),
+            format!("guard-run:{id}"),
+            lvm::COPY_TAG.into(),
+        ];
+        sim.state.borrow_mut().lvs.push(snap);
+        let mut rec = record_from_tags(&sim.lvs().unwrap(), id).unwrap();
+        assert!(rec.copy.is_some(), "the tag makes it a copy");
+        let e = rollback::rollback_run(&sim, &j, &mut rec)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("copy"), "{e}");
+        // the record lost the field (an older journal): the snapshot's tag still refuses
+        rec.copy = None;
+        let e = rollback::rollback_run(&sim, &j, &mut rec)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its snapshots say so"), "{e}");
+        assert!(
+            !sim.state
+                .borrow()
+                .calls
+                .iter()
+                .any(|c| c.starts_with("merge")),
+            "nothing merged"
+        );
+        // running, its guard and command gone: recover removes it, never merges
+        let mut rec = record_from_tags(&sim.lvs().unwrap(), id).unwrap();
+        rec.phase = Phase::Running;
+        j.write(&mut rec).unwrap();
+        recover(&sim, &j, false).unwrap();
+        let calls = sim.state.borrow().calls.clone();
+        assert!(!calls.iter().any(|c| c.starts_with("merge")), "{calls:?}");
+        assert!(!sim.lvs().unwrap().iter().any(|l| l.is_guard_snapshot()));
+        assert_eq!(j.load(id).unwrap().phase, Phase::Done);
     }
 
     #[test]

@@ -210,15 +210,28 @@ pub fn rollback_with(
             ),
         ));
     }
+    let lvs = match known {
+        Some(_) => Vec::new(),
+        None => lvm.lvs()?,
+    };
+    // the LVs' own word, for a record that lost (or never knew) that it is a copy
+    if rec.targets.iter().any(|t| {
+        lvm::find(&lvs, &t.vg, &t.snapshot)
+            .is_some_and(|s| s.tags.iter().any(|g| g == lvm::COPY_TAG))
+    }) {
+        return Err(Error::refused(
+            format!(
+                "run {} is a `guard snapshot` copy (its snapshots say so): it has nothing to roll back",
+                rec.id
+            ),
+            format!("`guard commit {}` removes its snapshots", rec.id),
+        ));
+    }
     // Resuming after guard was killed mid-rollback: a snapshot that is gone was merged (guard
     // removes snapshots in this phase only by merging them).
     let resuming = rec.phase == Phase::RollingBack;
     rec.phase = Phase::RollingBack;
     journal.write(rec)?;
-    let lvs = match known {
-        Some(_) => Vec::new(),
-        None => lvm.lvs()?,
-    };
     let mut todo = Vec::new();
     let mut errors = Vec::new();
     let mut dead: Vec<(String, String, String)> = Vec::new();

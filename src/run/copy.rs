@@ -10,10 +10,11 @@
 use crate::error::{Error, Result};
 use crate::exec::CommandExt;
 use crate::lvm::Lvm;
-use crate::model::record::CopyRun;
+use crate::model::record::{CopyMount, CopyRun};
 use crate::run::plan::{Plan, Target};
 use crate::store::journal::{Journal, RunRecord};
 use crate::ui;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -53,6 +54,15 @@ pub fn check_root(root: &Path) -> Result<()> {
             ),
             fix,
         )),
+        Ok(m) if m.uid() != 0 || m.mode() & 0o022 != 0 => Err(Error::refused(
+            format!(
+                "--mount-at {}: the folder is not root's alone (owner uid {}, mode {:o}): another user could reach into the copy",
+                root.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+            "name a folder owned by root and writable only by it, or one that does not exist yet (guard makes it 0700)",
+        )),
         Ok(_) => {
             let busy = std::fs::read_dir(root)
                 .map_err(|e| Error::io(format!("cannot read {}", root.display()), e))?
@@ -90,34 +100,27 @@ pub fn prepare_root(root: &Path) -> Result<()> {
     }
 }
 
-/// Where each target's snapshot is mounted: one target at the root itself; several at the root
-/// plus their mount point (an unmounted one at ROOT/VG/LV), shallowest first so that nested
-/// volumes land on their parent's copy.
+/// Where each target's snapshot is mounted: one target at the root itself; several at
+/// ROOT/VG/LV each, folders guard makes (a read-only copy cannot take new folders, so nesting
+/// the copies as the origins are nested would fail where the parent lacks the folder).
 pub fn layout(root: &Path, plan: &Plan) -> Vec<(usize, PathBuf)> {
     if plan.targets.len() == 1 {
         return vec![(0, root.to_path_buf())];
     }
-    let mut v: Vec<(usize, PathBuf)> = plan
-        .targets
+    plan.targets
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            let at = match t.mountpoints.first() {
-                Some(mp) => root.join(mp.strip_prefix("/").unwrap_or(mp)),
-                None => root.join(&t.vg).join(&t.lv),
-            };
-            (i, at)
-        })
-        .collect();
-    v.sort_by_key(|(_, p)| p.components().count());
-    v
+        .map(|(i, t)| (i, root.join(&t.vg).join(&t.lv)))
+        .collect()
 }
 
 fn mount_options(t: &Target) -> String {
+    // a copy is data to read, never programs or devices to use
+    let base = "ro,nosuid,nodev,noexec";
     // xfs refuses a second filesystem with the origin's UUID while the origin is mounted
     match t.fstype.as_deref() {
-        Some("xfs") => "ro,nouuid".into(),
-        _ => "ro".into(),
+        Some("xfs") => format!("{base},nouuid"),
+        _ => base.into(),
     }
 }
 
@@ -135,18 +138,28 @@ pub fn mount_all(
         if t.pool.is_some() {
             lvm.activate(&t.vg, &t.snapshot)?;
         }
-        if !at.is_dir() {
-            return Err(Error::Other(format!(
-                "cannot mount the snapshot of {} at {}: no such folder in the copy above it",
-                t.full_name(),
-                at.display()
-            )));
+        if at != root {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&at)
+                .map_err(|e| Error::io(format!("cannot make {}", at.display()), e))?;
         }
+        let dev = format!("/dev/{}/{}", t.vg, t.snapshot);
+        let rdev = {
+            let m =
+                std::fs::metadata(&dev).map_err(|e| Error::io(format!("cannot find {dev}"), e))?;
+            let r = m.rdev();
+            (libc::major(r), libc::minor(r))
+        };
         if let Some(c) = rec.copy.as_mut() {
-            c.mounted.push(at.clone());
+            c.mounted.push(CopyMount {
+                at: at.clone(),
+                dev: rdev,
+            });
         }
         journal.write(rec)?;
-        let dev = format!("/dev/{}/{}", t.vg, t.snapshot);
         let mut args = vec!["--no-canonicalize".to_string()];
         if let Some(f) = &t.fstype {
             args.extend(["-t".into(), f.clone()]);
@@ -176,10 +189,12 @@ pub fn mount_all(
 /// process the command left behind) is reported: its snapshot cannot be removed until it goes.
 pub fn unmount_all(copy: &mut CopyRun) -> Vec<String> {
     let mut errors = Vec::new();
-    while let Some(at) = copy.mounted.pop() {
-        if !is_mounted(&at) {
+    while let Some(m) = copy.mounted.pop() {
+        // only the snapshot guard mounted there, never what else may be mounted at that path
+        if !is_mounted(&m) {
             continue;
         }
+        let at = m.at.clone();
         let mut last = String::new();
         let mut done = false;
         for _ in 0..10 {
@@ -196,16 +211,16 @@ pub fn unmount_all(copy: &mut CopyRun) -> Vec<String> {
         }
         if !done {
             errors.push(format!("cannot unmount {}: {last}", at.display()));
-            copy.mounted.push(at);
+            copy.mounted.push(m);
             break;
         }
     }
     errors
 }
 
-fn is_mounted(at: &Path) -> bool {
+fn is_mounted(c: &CopyMount) -> bool {
     crate::mounts::read()
-        .map(|t| t.iter().any(|m| m.mountpoint == at))
+        .map(|t| t.iter().any(|m| m.mountpoint == c.at && m.dev == c.dev))
         .unwrap_or(true)
 }
 
@@ -235,6 +250,9 @@ mod tests {
         assert!(check_root(Path::new("relative/snap")).is_err());
         assert!(check_root(Path::new("/")).is_err());
         let d = tempfile::tempdir().unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            return; // the folder must be root's: the rest needs root
+        }
         assert!(check_root(d.path()).is_ok(), "an empty folder is fine");
         assert!(check_root(&d.path().join("new")).is_ok(), "a new one too");
         assert!(check_root(&d.path().join("a/b")).is_err(), "no parent");
@@ -244,5 +262,11 @@ mod tests {
         std::os::unix::fs::symlink("/tmp", d.path().join("l")).unwrap();
         let e = check_root(&d.path().join("l")).unwrap_err().to_string();
         assert!(e.contains("symbolic link"), "{e}");
+        let open = d.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let e = check_root(&open).unwrap_err().to_string();
+        assert!(e.contains("not root's alone"), "{e}");
     }
 }

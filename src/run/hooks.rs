@@ -268,8 +268,9 @@ pub struct Hold {
     name: String,
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    /// When its ready line came: from then on it holds writers.
-    pub ready_at: Instant,
+    /// When it started: a lock that waits (FLUSH TABLES WITH READ LOCK behind a running
+    /// statement) already holds writers back, so this bounds the hold from above.
+    pub started: Instant,
 }
 
 /// Starts a hold hook and waits for its ready line.
@@ -282,6 +283,7 @@ pub fn start_hold(h: &HookSpec, env: &HookEnv) -> Result<Hold> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     ui::say(&format!("starting {what}, waiting for {ready:?}"));
+    let started = Instant::now();
     let mut child = spawn(&mut c, &what)?;
     let mut stdin = child.stdin.take();
     if let (Some(text), Some(w)) = (&h.stdin, stdin.as_mut()) {
@@ -294,15 +296,12 @@ pub fn start_hold(h: &HookSpec, env: &HookEnv) -> Result<Hold> {
         name: h.name.clone(),
         child: Some(child),
         stdin,
-        ready_at: Instant::now(),
+        started,
     };
     loop {
         let left = end.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left.min(Duration::from_millis(50))) {
-            Ok(line) if line.contains(&ready) => {
-                hold.ready_at = Instant::now();
-                return Ok(hold);
-            }
+            Ok(line) if line.contains(&ready) => return Ok(hold),
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {

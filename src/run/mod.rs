@@ -413,14 +413,14 @@ fn snapshot_stage(
     );
     let step = Instant::now();
     snapshot_set(lvm, journal, plan, &mut rec, opts)?;
-    let held_from = holds.iter().map(|h| h.ready_at).min().unwrap_or(step);
+    let held_from = holds.iter().map(|h| h.started).min().unwrap_or(step);
     for mut h in holds {
         h.end();
     }
     let held = held_from.elapsed();
     rec.writers_held_ms = Some(held.as_millis() as u64);
     let by = if opts.hooks.iter().any(|h| h.when == HookPoint::Hold) {
-        "the hold hooks' lock"
+        "the hold hooks' lock, from their start"
     } else {
         "the snapshots' freeze, at most"
     };
@@ -694,7 +694,12 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
         child_pid: None,
         child_start: None,
         phase: Phase::Snapshotting,
-        on_failure: format!("{:?}", opts.on_failure).to_lowercase(),
+        // a copy is never merged, also by a guard that does not know `copy`
+        on_failure: if opts.copy_root.is_some() {
+            "keep".into()
+        } else {
+            format!("{:?}", opts.on_failure).to_lowercase()
+        },
         on_success: format!("{:?}", opts.on_success).to_lowercase(),
         keep_until: None,
         outcome: None,
@@ -746,7 +751,10 @@ fn snapshot_set(
     rec: &mut RunRecord,
     opts: &RunOptions,
 ) -> Result<()> {
-    let tags = vec![TAG.to_string(), format!("{RUN_TAG_PREFIX}{}", plan.run_id)];
+    let mut tags = vec![TAG.to_string(), format!("{RUN_TAG_PREFIX}{}", plan.run_id)];
+    if rec.copy.is_some() {
+        tags.push(crate::lvm::COPY_TAG.to_string());
+    }
     // One LV needs no hold: lvcreate freezes its filesystem itself while it snapshots it.
     let mut held = None;
     if opts.freeze && plan.targets.len() > 1 {

@@ -851,7 +851,8 @@ impl Watcher {
                         let last = step >= free / extent * extent;
                         let writing = it.rate > 0.0;
                         self.start_extension(i, step, false);
-                        if last && writing {
+                        // with --when-full continue no hold follows: nothing to pause for
+                        if last && writing && self.cfg.when_full != WhenFull::Continue {
                             // After this one only the hold is left, and the writer must not use
                             // up the room while the extension is under way (a page-cache burst
                             // fills a small pool in a tenth of a second): pause it now; the
@@ -1037,7 +1038,7 @@ impl Watcher {
         }
         // A held command stays stopped: only the hold's end continues it. After the last
         // extension the next decision, on the new size, continues it (or holds it).
-        if self.braked && (self.held || !f.last) {
+        if self.braked && (self.held || !f.last || self.cfg.when_full == WhenFull::Continue) {
             if !self.held {
                 self.signal_group(Signal::SIGCONT);
             }

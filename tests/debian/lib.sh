@@ -57,6 +57,7 @@ stop_vm() { g 'systemctl poweroff' 2>/dev/null; sleep 3; kill "$(cat "$W/qemu.pi
 begin() { T=$1; TF=0; echo "--- $T"; }
 end() { if [ "$TF" = 0 ]; then echo "PASS $T"; passed=$((passed + 1)); else echo "FAIL $T"; failed=$((failed + 1)); fi; }
 ok() { echo "  ok: $1"; }
+note() { echo "  # $*"; }
 bad() { echo "  not ok: $1"; TF=1; }
 check_eq() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1 (got '$2', want '$3')"; fi; }
 check_out() { if grep -qE -- "$3" "$2"; then ok "$1"; else bad "$1 (no /$3/ in:)"; tail -15 "$2" | sed 's/^/    | /'; fi; }
