@@ -71,6 +71,7 @@ migrations() {  # mysql|pg
   check_out "writers held for a measured time" "$W/out" "writers held for [0-9]+ ms"
   check_out "the server was stopped, the volume merged and mounted again" "$W/out" "rolled back"
   check_out "the report says how long the database was down" "$W/out" "services down [0-9.]+ s for the rollback"
+  if grep -q "hook .* failed" "$W/out"; then bad "a rollback hook failed"; grep "hook" "$W/out" | sed 's/^/    | /'; else ok "every rollback hook succeeded"; fi
   g 'cat /root/report.json' > "$W/report"
   check_out "report: action rolled-back" "$W/report" '"action":"rolled-back"'
   check_out "report: downtime_ms" "$W/report" '"downtime_ms":[0-9]+'
@@ -217,13 +218,15 @@ S
     g "cat > /root/change.sh" <<S
 #!/bin/sh
 mysql app -e "UPDATE big SET pad = REPEAT('b', 255) $change"
+sync
+lvs --noheadings --nosuffix --units m -o lv_size,snap_percent @guard | awk '{printf "%d\\n", \$1 * \$2 / 100}' > /root/cow.txt
 exit 1
 S
     g 'chmod 755 /root/change.sh'
     g 'guard --policy mysql --size 200M --report /root/r.json -- /root/change.sh' >/dev/null 2>&1
     r=$(g 'cat /root/r.json')
     dt=$(echo "$r" | grep -oE '"downtime_ms":[0-9]+' | cut -d: -f2)
-    used=$(echo "$r" | python3 -c 'import json,sys; t=json.load(sys.stdin)["targets"][0]; print(round(t["cow_bytes"]*t["max_used_percent"]/100/1048576))')
+    used=$(g 'cat /root/cow.txt')
     echo "in-place rollback of a change that used ${used} MiB of COW (MariaDB): downtime ${dt} ms" | tee -a "$bench"
   done
   stop_vm
