@@ -192,8 +192,9 @@ impl SnapshotArgs {
             on_success: None,
             keep: None,
             extend_at: self.extend_at,
-            // the origin is live (a database serving): a full VG costs the copy, never a
-            // frozen server; an overflow is reported and fails the command's result
+            // the origin is live (a database serving): a full VG costs the copy (a thick
+            // snapshot's overflow is reported and fails the command's result), never a frozen
+            // server (a thin pool that fills still stops the origin's writes: keep it room)
             when_full: Some(crate::watch::WhenFull::Continue),
             no_freeze: self.no_freeze,
             finish: false,

@@ -329,9 +329,17 @@ fn recover_run(
         Phase::Running => {
             if let (Some(pid), Some(start)) = (rec.child_pid, rec.child_start) {
                 if journal::process_alive(pid, start) {
-                    sum.saw(format!(
-                        "run {id}: guard is gone but its command (pid {pid}) still runs; run `guard recover` again when it has ended"
-                    ));
+                    // paused by the guard that died (an extension under way, a hold): it will
+                    // never end by itself, and nobody watches its writes any more
+                    sum.saw(if is_stopped(pid) {
+                        format!(
+                            "run {id}: guard is gone and its command (pid {pid}) is stopped, as guard paused it: end it (`kill -KILL -{pid}`) and run `guard recover` again to roll back, or continue it (`kill -CONT -{pid}`) and run `guard recover` when it has ended"
+                        )
+                    } else {
+                        format!(
+                            "run {id}: guard is gone but its command (pid {pid}) still runs; run `guard recover` again when it has ended"
+                        )
+                    });
                     return Ok(());
                 }
             }
@@ -411,6 +419,17 @@ fn continue_stopped(pid: u32) {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGCONT,
     );
+}
+
+/// Is the process stopped (state T in /proc/PID/stat)?
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|c| c == 'T')
 }
 
 fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summary) -> Result<()> {
@@ -571,6 +590,28 @@ mod tests {
         assert_eq!(rec.targets[0].lv, "data");
         assert_eq!(rec.phase, Phase::Kept);
         assert!(record_from_tags(&[], "R").is_none());
+    }
+
+    #[test]
+    fn a_stopped_command_is_seen_as_stopped() {
+        let mut c = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        assert!(!is_stopped(c.id()));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let mut stopped = false;
+        for _ in 0..100 {
+            stopped = is_stopped(c.id());
+            if stopped {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(stopped);
+        let _ = c.kill();
+        let _ = c.wait();
     }
 
     #[test]

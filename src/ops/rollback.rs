@@ -87,6 +87,8 @@ pub fn rollback_with_hooks(
     finish: bool,
 ) -> Result<Vec<String>> {
     use crate::run::hooks::{run_point_reporting, HookEnv, HookPoint};
+    // a copy is refused before any hook runs (pre_rollback would stop the database for nothing)
+    refuse_copy(rec, &lvm.lvs()?)?;
     // At boot (guard-recover.service, before sysinit.target) the services are not up yet and
     // a `systemctl start` would wait for the very boot that waits for guard: the boot itself
     // starts them, after the merge.
@@ -190,19 +192,24 @@ pub struct Known {
     pub invalid: bool,
 }
 
-pub fn rollback_with(
-    lvm: &dyn Lvm,
-    journal: &Journal,
-    rec: &mut RunRecord,
-    known: Option<&[Known]>,
-) -> Result<Vec<String>> {
-    // A `guard snapshot` copy is a backup's source, never a rollback point: merging it would
-    // throw away everything the server wrote since.
-    if rec.copy.is_some() {
+/// A `guard snapshot` copy is a backup's source, never a rollback point: merging it would throw
+/// away everything the server wrote since. Its record says so, and (for a record that lost or
+/// never knew it) so do its snapshots' tags.
+fn refuse_copy(rec: &RunRecord, lvs: &[lvm::Lv]) -> Result<()> {
+    let by_tag = rec.targets.iter().any(|t| {
+        lvm::find(lvs, &t.vg, &t.snapshot)
+            .is_some_and(|s| s.tags.iter().any(|g| g == lvm::COPY_TAG))
+    });
+    if rec.copy.is_some() || by_tag {
         return Err(Error::refused(
             format!(
-                "run {} is a `guard snapshot` copy: it has nothing to roll back",
-                rec.id
+                "run {} is a `guard snapshot` copy{}: it has nothing to roll back",
+                rec.id,
+                if rec.copy.is_none() {
+                    " (its snapshots say so)"
+                } else {
+                    ""
+                }
             ),
             format!(
                 "`guard commit {}` unmounts and removes its snapshots",
@@ -210,23 +217,20 @@ pub fn rollback_with(
             ),
         ));
     }
+    Ok(())
+}
+
+pub fn rollback_with(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    known: Option<&[Known]>,
+) -> Result<Vec<String>> {
     let lvs = match known {
         Some(_) => Vec::new(),
         None => lvm.lvs()?,
     };
-    // the LVs' own word, for a record that lost (or never knew) that it is a copy
-    if rec.targets.iter().any(|t| {
-        lvm::find(&lvs, &t.vg, &t.snapshot)
-            .is_some_and(|s| s.tags.iter().any(|g| g == lvm::COPY_TAG))
-    }) {
-        return Err(Error::refused(
-            format!(
-                "run {} is a `guard snapshot` copy (its snapshots say so): it has nothing to roll back",
-                rec.id
-            ),
-            format!("`guard commit {}` removes its snapshots", rec.id),
-        ));
-    }
+    refuse_copy(rec, &lvs)?;
     // Resuming after guard was killed mid-rollback: a snapshot that is gone was merged (guard
     // removes snapshots in this phase only by merging them).
     let resuming = rec.phase == Phase::RollingBack;

@@ -852,7 +852,11 @@ impl Watcher {
                         let writing = it.rate > 0.0;
                         self.start_extension(i, step, false);
                         // with --when-full continue no hold follows: nothing to pause for
-                        if last && writing && self.cfg.when_full != WhenFull::Continue {
+                        if last
+                            && writing
+                            && self.inflight.is_some()
+                            && self.cfg.when_full != WhenFull::Continue
+                        {
                             // After this one only the hold is left, and the writer must not use
                             // up the room while the extension is under way (a page-cache burst
                             // fills a small pool in a tenth of a second): pause it now; the
@@ -1028,17 +1032,21 @@ impl Watcher {
             }
             let err = crate::exec::stderr_tail(err.as_bytes());
             ui::warn(&format!("{name}: lvextend failed: {err}"));
-            if err.contains("nsufficient") || err.contains("free space") {
-                self.vg_full.insert(vg);
-            } else if err.contains("internal logical volume") {
+            if err.contains("internal logical volume") {
                 // its merge was scheduled meanwhile: LVM extends such a snapshot no more
                 self.items[f.item].extendable = false;
+            } else {
+                // No room, or an lvextend that fails for another reason (metadata, a device):
+                // either way no room is coming, and --when-full decides (hold, roll back,
+                // continue) once the item is in danger. `guard resume` tries again.
+                self.vg_full.insert(vg);
             }
             self.event("extend-failed", name, err);
         }
         // A held command stays stopped: only the hold's end continues it. After the last
-        // extension the next decision, on the new size, continues it (or holds it).
-        if self.braked && (self.held || !f.last || self.cfg.when_full == WhenFull::Continue) {
+        // extension landed the next decision, on the new size, continues it (or holds it).
+        let keep_braked = f.last && status.success() && self.cfg.when_full != WhenFull::Continue;
+        if self.braked && (self.held || !keep_braked) {
             if !self.held {
                 self.signal_group(Signal::SIGCONT);
             }

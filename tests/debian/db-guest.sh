@@ -81,7 +81,7 @@ scratch_mysql() {  # DATADIR
     --pid-file=/tmp/scratch.pid --innodb-buffer-pool-size=32M >/tmp/scratch.log 2>&1 &
   i=0; until mysqladmin -S /tmp/scratch.sock ping >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && { tail -5 /tmp/scratch.log; return 1; }; sleep 1; done
   mysql -S /tmp/scratch.sock -N app -e "SELECT (SELECT COUNT(*) FROM a), (SELECT COUNT(*) FROM b)" | tr '\t' ' '
-  mysqlcheck -S /tmp/scratch.sock app | grep -v ' OK$' | grep -q . && echo "check-failed"
+  mysqlcheck -S /tmp/scratch.sock app 2>&1 | grep -v ' OK$' | grep -q . && echo "check-failed"
   mysqladmin -S /tmp/scratch.sock shutdown
 }
 scratch_pg() {  # DATADIR (the cluster folder: 15/main)

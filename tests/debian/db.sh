@@ -29,7 +29,8 @@ boot_bed() {
   g 'cat > /root/migrate-bad-mysql.sh && chmod 755 /root/migrate-bad-mysql.sh' <<'S'
 #!/bin/sh
 # a migration that fails half-way: the ALTER and UPDATE are in, then it errors out
-mysql app -e "ALTER TABLE acct ADD COLUMN note VARCHAR(20); UPDATE acct SET bal = bal + 1000, note = 'migrated';"
+mysql app -e "ALTER TABLE acct ADD COLUMN note VARCHAR(20); UPDATE acct SET bal = bal + 1000, note = 'migrated';" || exit 9
+. /root/db.sh; state mysql > /root/during   # the test's proof that the migration did change it
 echo "migration step 2 failed" >&2
 exit 1
 S
@@ -39,13 +40,14 @@ mysql app -e "ALTER TABLE acct ADD COLUMN tier INT NOT NULL DEFAULT 1; UPDATE ac
 S
   g 'cat > /root/migrate-slow-mysql.sh && chmod 755 /root/migrate-slow-mysql.sh' <<'S'
 #!/bin/sh
-mysql app -e "ALTER TABLE acct ADD COLUMN slow INT; UPDATE acct SET bal = 0;"
-touch /root/migrated
+mysql app -e "ALTER TABLE acct ADD COLUMN slow INT; UPDATE acct SET bal = 0;" &&
+  touch /root/migrated
 sleep 600
 S
   g 'cat > /root/migrate-bad-pg.sh && chmod 755 /root/migrate-bad-pg.sh' <<'S'
 #!/bin/sh
-runuser -u postgres -- psql -X -q app -c "ALTER TABLE acct ADD COLUMN note TEXT" -c "UPDATE acct SET bal = bal + 1000, note = 'migrated'"
+runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 app -c "ALTER TABLE acct ADD COLUMN note TEXT" -c "UPDATE acct SET bal = bal + 1000, note = 'migrated'" || exit 9
+. /root/db.sh; state pg > /root/during   # the test's proof that the migration did change it
 echo "migration step 2 failed" >&2
 exit 1
 S
@@ -64,14 +66,16 @@ migrations() {  # mysql|pg
   begin "${s}_failing_migration_undone_in_place"
   d start_writer "$s"; sleep 3
   d state "$s" > "$W/before"
-  g "guard --policy $pol --report /root/report.json -- /root/migrate-bad-$s.sh" > "$W/out" 2>&1; rc=$?
+  g "rm -f /root/during; guard --policy $pol --report /root/report.json -- /root/migrate-bad-$s.sh" > "$W/out" 2>&1; rc=$?
+  g 'cat /root/during' > "$W/during" 2>/dev/null
+  if [ -s "$W/during" ] && ! cmp -s "$W/before" "$W/during"; then ok "the migration changed schema and rows before it failed"; else bad "the migration changed nothing: the rollback check below would prove nothing"; fi
   cp "$W/out" "$CACHE/$s-failing-migration.out"
   d stop_writer
   check_eq "the migration's exit status 1 passes through" "$rc" 1
   check_out "writers held for a measured time" "$W/out" "writers held for [0-9]+ ms"
   check_out "the server was stopped, the volume merged and mounted again" "$W/out" "rolled back"
   check_out "the report says how long the database was down" "$W/out" "services down [0-9.]+ s for the rollback"
-  if grep -q "hook .* failed" "$W/out"; then bad "a rollback hook failed"; grep "hook" "$W/out" | sed 's/^/    | /'; else ok "every rollback hook succeeded"; fi
+  if grep -qE "hook .* (failed|did not finish)|cannot start" "$W/out"; then bad "a rollback hook failed"; grep "hook" "$W/out" | sed 's/^/    | /'; else ok "every rollback hook succeeded"; fi
   g 'cat /root/report.json' > "$W/report"
   check_out "report: action rolled-back" "$W/report" '"action":"rolled-back"'
   check_out "report: downtime_ms" "$W/report" '"downtime_ms":[0-9]+'
@@ -81,7 +85,12 @@ migrations() {  # mysql|pg
   if cmp -s "$W/before" "$W/after"; then ok "schema and rows are the snapshot moment's"; else bad "the data differs"; diff "$W/before" "$W/after" | head -10 | sed 's/^/    | /'; fi
   if d tables_clean "$s"; then ok "tables check clean ($( [ "$s" = mysql ] && echo CHECK TABLE || echo pg_amcheck))"; else bad "table check failed"; fi
   check_eq "no guard snapshot left" "$(d guard_lvs)" ""
-  [ "$s" = mysql ] && check_out "dry run and report point to thin LVs for a thick datadir" "$W/out" "note: vg0/mysql is a thick LV"
+  [ "$s" = mysql ] && check_out "the summary points to thin LVs for a thick datadir" "$W/out" "note: vg0/mysql is a thick LV"
+  [ "$s" = mysql ] && check_out "so does the JSON report" "$W/report" '"notes":\["vg0/mysql is a thick LV'
+  if [ "$s" = mysql ]; then
+    g "guard --policy $pol --dry-run -- true" > "$W/dry" 2>&1
+    check_out "so does the dry run" "$W/dry" "note: vg0/mysql is a thick LV"
+  fi
   echo "$s failing migration: $(grep -oE 'writers held for [0-9]+ ms' "$W/out"), $(grep -oE 'services were down for [0-9.]+ s' "$W/out")" >> "$bench"
   end
 
@@ -140,15 +149,19 @@ lock_refused() {
     i=$((i+1)); [ $i -gt 30 ] && { note "the long statement did not start:"; g 'journalctl -q -u guardtest-sleeper | tail -5; mysql -e "SHOW PROCESSLIST"' | sed 's/^/    | /'; break; }; sleep 1
   done
   lvs_now > "$W/lvs-before"
+  flushes() { g "mysql -N -e \"SHOW GLOBAL STATUS LIKE 'Com_flush'\"" | awk '{print $2}'; }
+  f1=$(flushes)
   g 'guard --policy mysql -- true' > "$W/out" 2>&1; rc=$?
+  f2=$(flushes)
   lvs_now > "$W/lvs-after"
+  check_eq "FLUSH TABLES WITH READ LOCK was never issued: no writer waited behind it" "$f2" "$f1"
   check_eq "guard refuses (125)" "$rc" 125
   check_out "it names the session in the way" "$W/out" "session [0-9]+ \\(root, [0-9]+ s\\): SELECT COUNT"
   check_out "the hold_failed hook lists the statements" "$W/out" "statements in the way of the lock"
   check_out "nothing was changed" "$W/out" "nothing was changed"
   if cmp -s "$W/lvs-before" "$W/lvs-after"; then ok "lvs unchanged"; else bad "lvs changed"; fi
   n1=$(d rows mysql w); sleep 2; n2=$(d rows mysql w)
-  if [ "$n2" -gt "$n1" ]; then ok "writers were never stalled behind the lock"; else bad "the writer is stalled ($n1 -> $n2)"; fi
+  if [ "$n2" -gt "$n1" ]; then ok "the writer still writes"; else bad "the writer is stalled ($n1 -> $n2)"; fi
   g "mysql -N -e \"SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT COUNT(*) FROM acct x%'\" | xargs -r -n1 mysqladmin kill" >/dev/null 2>&1
   g "systemctl stop guardtest-sleeper" >/dev/null 2>&1
   d stop_writer
@@ -161,7 +174,7 @@ killed_mid_migration() {
   d state mysql > "$W/before"
   g 'rm -f /root/migrated; nohup guard --policy mysql -- /root/migrate-slow-mysql.sh >/root/killed.out 2>&1 &'
   i=0; until g 'test -e /root/migrated'; do i=$((i+1)); [ $i -gt 60 ] && break; sleep 1; done
-  g 'pkill -9 -x guard; sleep 1; pkill -f migrate-slow-mysql; pkill -x sleep; true'
+  g "pkill -9 -x guard; sleep 1; pkill -f '^/bin/sh /root/migrate-slow'; pkill -x sleep; true"
   sleep 1
   g 'guard recover' > "$W/out" 2>&1; rc=$?
   cp "$W/out" "$CACHE/mysql-recover.out"
