@@ -115,17 +115,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         ui::print_block("dry run: nothing was changed\n");
         return Ok(0);
     }
-    // Another guard holding the journal's filesystem frozen (its VG is full): this run's first
-    // journal write would block, after its hooks (a database's read lock) had started.
-    if crate::dm::freeze::on_frozen_fs(journal.dir()) {
-        return Err(Error::refused(
-            format!(
-                "another guard holds the filesystem of {} frozen (its volume group is full)",
-                journal.dir().display()
-            ),
-            "see `guard status`: free space and `guard resume RUN`, or `guard rollback RUN`, then run this again",
-        ));
-    }
+    refuse_if_journal_frozen(journal)?;
     let (_locks, plan) = lock_stage(lvm, opts, &run_id, &planned)?;
     let started = Instant::now();
     let env = HookEnv {
@@ -206,15 +196,7 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
         ui::print_block("dry run: nothing was changed\n");
         return Ok(0);
     }
-    if crate::dm::freeze::on_frozen_fs(journal.dir()) {
-        return Err(Error::refused(
-            format!(
-                "another guard holds the filesystem of {} frozen (its volume group is full)",
-                journal.dir().display()
-            ),
-            "see `guard status`: free space and `guard resume RUN`, or `guard rollback RUN`, then run this again",
-        ));
-    }
+    refuse_if_journal_frozen(journal)?;
     let (_locks, plan) = lock_stage(lvm, opts, &run_id, &planned)?;
     copy::prepare_root(&root)?;
     let started = Instant::now();
@@ -292,6 +274,21 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
     Ok(code)
+}
+
+/// Another guard holding the journal's filesystem frozen (its VG is full): this run's first
+/// journal write would block, after its hooks (a database's read lock) had started.
+fn refuse_if_journal_frozen(journal: &Journal) -> Result<()> {
+    if crate::dm::freeze::on_frozen_fs(journal.dir()) {
+        return Err(Error::refused(
+            format!(
+                "another guard holds the filesystem of {} frozen (its volume group is full)",
+                journal.dir().display()
+            ),
+            "see `guard status`: free space and `guard resume RUN`, or `guard rollback RUN`, then run this again",
+        ));
+    }
+    Ok(())
 }
 
 /// What planning found before anything is locked or changed.
