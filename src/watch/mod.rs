@@ -66,6 +66,33 @@ pub const DEFAULT_EXTEND_AT: f64 = 50.0;
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(100);
 const RATE_WINDOW: Duration = Duration::from_millis(300);
+/// Consecutive failed extensions (for another reason than no room) after which an item in
+/// danger is handed to --when-full: a transient lvm failure is retried, a lasting one is not
+/// waited on for ever.
+const GIVE_UP_AFTER: u32 = 3;
+
+/// A failed extension, retried after a growing pause (0.5 s, 1 s, 2 s ... 8 s).
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    failures: u32,
+    after: Instant,
+}
+
+impl Retry {
+    fn next(prev: Option<Retry>, now: Instant) -> Retry {
+        let failures = prev.map_or(0, |r| r.failures) + 1;
+        let pause = Duration::from_millis(500 << (failures - 1).min(4));
+        Retry {
+            failures,
+            after: now + pause,
+        }
+    }
+}
+
+/// lvextend's words for a VG without room ("Insufficient free space: N extents needed").
+fn is_no_room(err: &str) -> bool {
+    err.contains("nsufficient free space") || err.contains("nsufficient suitable")
+}
 
 pub use crate::model::record::Event;
 
@@ -330,6 +357,8 @@ pub struct Watcher {
     run_id: String,
     vg_free: BTreeMap<String, u64>,
     vg_full: BTreeSet<String>,
+    /// Failed extensions waiting to be retried, per item and data (false) or metadata (true).
+    retry: BTreeMap<(usize, bool), Retry>,
     inflight: Option<InFlight>,
     extend_cost: Duration,
     pgid: Option<i32>,
@@ -375,6 +404,7 @@ impl Watcher {
             run_id: run_id.into(),
             vg_free,
             vg_full: BTreeSet::new(),
+            retry: BTreeMap::new(),
             inflight: None,
             // measured in the VM: one lvextend of a snapshot takes ~0.4 s; refined as we go
             extend_cost: Duration::from_millis(800),
@@ -844,7 +874,11 @@ impl Watcher {
             }
         } else if self.inflight.is_none() && !vg_full {
             let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
-            if data_need {
+            let now = Instant::now();
+            let waiting = |m: bool| self.retry.get(&(i, m)).is_some_and(|r| r.after > now);
+            if data_need && waiting(false) {
+                // the last try failed: its retry is due later
+            } else if data_need {
                 match extension_step(it.size, base, it.rate, dirty, horizon, it.extent, free) {
                     Some(step) => {
                         let extent = it.extent.max(1);
@@ -871,7 +905,7 @@ impl Watcher {
                         self.vg_full.insert(it.vg.clone());
                     }
                 }
-            } else if meta_need {
+            } else if meta_need && !waiting(true) {
                 let extent = it.extent.max(1);
                 let step = meta_step(it.meta_size).min(free / extent * extent);
                 if step > 0 {
@@ -894,10 +928,20 @@ impl Watcher {
         if !danger {
             return false;
         }
+        let failures = [false, true]
+            .iter()
+            .filter_map(|&m| self.retry.get(&(i, m)))
+            .map(|r| r.failures)
+            .max()
+            .unwrap_or(0);
         if self.inflight.is_some() {
             self.brake(i, "writes outrun the extension under way");
-        } else if self.vg_full.contains(&it.vg) || !it.extendable {
+        } else if self.vg_full.contains(&it.vg) || !it.extendable || failures >= GIVE_UP_AFTER {
             self.full(i);
+        } else if failures > 0 && self.cfg.when_full != WhenFull::Continue {
+            // the extension failed and is retried shortly: pause the writer meanwhile (step()
+            // continues it once nothing is in danger)
+            self.brake(i, "the extension failed and is retried");
         }
         true
     }
@@ -944,6 +988,7 @@ impl Watcher {
             Ok(c) => c,
             Err(e) => {
                 ui::error(&e.to_string());
+                self.failed_extension(i, metadata);
                 return;
             }
         };
@@ -973,8 +1018,18 @@ impl Watcher {
                     last: false,
                 })
             }
-            Err(e) => ui::error(&format!("cannot run lvextend: {e}")),
+            Err(e) => {
+                ui::error(&format!("cannot run lvextend: {e}"));
+                self.failed_extension(i, metadata);
+            }
         }
+    }
+
+    /// Books a failed extension for a retry after a pause (see decide).
+    fn failed_extension(&mut self, i: usize, metadata: bool) {
+        let prev = self.retry.get(&(i, metadata)).copied();
+        self.retry
+            .insert((i, metadata), Retry::next(prev, Instant::now()));
     }
 
     fn poll_inflight(&mut self) {
@@ -989,6 +1044,7 @@ impl Watcher {
         let name = self.items[f.item].name();
         let vg = self.items[f.item].vg.clone();
         if status.success() {
+            self.retry.remove(&(f.item, f.metadata));
             self.extend_cost = (self.extend_cost + took.max(Duration::from_millis(100))) / 2;
             if let Some(free) = self.vg_free.get_mut(&vg) {
                 *free = free.saturating_sub(f.bytes);
@@ -1035,11 +1091,14 @@ impl Watcher {
             if err.contains("internal logical volume") {
                 // its merge was scheduled meanwhile: LVM extends such a snapshot no more
                 self.items[f.item].extendable = false;
-            } else {
-                // No room, or an lvextend that fails for another reason (metadata, a device):
-                // either way no room is coming, and --when-full decides (hold, roll back,
-                // continue) once the item is in danger. `guard resume` tries again.
+            } else if is_no_room(&err) {
+                // --when-full decides (hold, roll back, continue) once the item is in danger;
+                // room added later (set_vg_free, `guard resume`) ends it
                 self.vg_full.insert(vg);
+            } else {
+                // Another failure (a metadata lock, a device): tried again after a pause; when
+                // it keeps failing while the item is in danger, --when-full decides.
+                self.failed_extension(f.item, f.metadata);
             }
             self.event("extend-failed", name, err);
         }
@@ -1087,12 +1146,21 @@ impl Watcher {
         } else {
             format!("its snapshot is {:.0}% full", it.pct())
         };
+        // not a full VG but an lvextend that kept failing (see decide): say that instead
+        let failing = it.extendable && !self.vg_full.contains(&it.vg);
+        let cause = if failing {
+            format!(
+                "lvextend of {}/{} keeps failing (above)",
+                it.vg, it.extend_lv
+            )
+        } else {
+            format!("volume group {} has no room", it.vg)
+        };
         match self.cfg.when_full {
             WhenFull::Continue => {
                 if self.continue_noted.insert(i) {
                     ui::warn(&format!(
-                        "{name}: {what} and volume group {} has no room; --when-full continue: the rollback point will be lost when it fills (the operator's choice)",
-                        it.vg
+                        "{name}: {what} and {cause}; --when-full continue: the rollback point will be lost when it fills (the operator's choice)"
                     ));
                     self.event(
                         "full-continue",
@@ -1134,9 +1202,13 @@ impl Watcher {
                     format!("{what}; {frozen_what}; command stopped"),
                 );
                 if self.cfg.when_full == WhenFull::Rollback {
-                    ui::warn(&format!("{name}: {what} and volume group {vg} has no room: {frozen_what}; --when-full rollback: stopping the command and rolling back"));
-                    self.request_rollback(&format!(
-                        "--when-full rollback: {what} and volume group {vg} has no room"
+                    ui::warn(&format!("{name}: {what} and {cause}: {frozen_what}; --when-full rollback: stopping the command and rolling back"));
+                    self.request_rollback(&format!("--when-full rollback: {what} and {cause}"));
+                } else if failing {
+                    let pg = self.pgid.unwrap_or(0);
+                    let run = &self.run_id;
+                    ui::warn(&format!(
+                        "{name}: {what} and {cause}.\n  To keep the rollback point guard {frozen_what} and stopped the command (process group {pg}).\n  Fix what stops lvextend, then: guard resume {run}\n  Or undo the change: guard rollback {run}"
                     ));
                 } else {
                     let pg = self.pgid.unwrap_or(0);
@@ -1204,6 +1276,8 @@ impl Watcher {
             ));
             return;
         }
+        // the operator asks to go on: failed extensions are tried again now
+        self.retry.clear();
         // Thaw first: lvextend cannot suspend a frozen volume. The command stays stopped until
         // the extension has landed.
         if let Some(mut f) = self.frozen.take() {
@@ -1443,6 +1517,86 @@ mod tests {
         w.set_vg_free("vg", 1 << 30);
         assert!(!w.vg_full());
         assert!(w.events.iter().any(|e| e.kind == "vg-room"));
+    }
+
+    /// An lvextend stand-in that fails with `err` on stderr.
+    fn failed_lvextend(w: &mut Watcher, err: &str) {
+        let child = std::process::Command::new("sh")
+            .args(["-c", &format!("echo '{err}' >&2; exit 5")])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        w.inflight = Some(InFlight {
+            child,
+            item: 0,
+            bytes: 4 << 20,
+            metadata: false,
+            started: Instant::now(),
+            reaction: Duration::ZERO,
+            last: false,
+        });
+        w.wait_inflight();
+    }
+
+    #[test]
+    fn a_transient_lvextend_failure_is_retried_not_taken_for_a_full_vg() {
+        let mut w = watcher();
+        failed_lvextend(&mut w, "  Volume group \"vg\" metadata lock timed out.");
+        assert!(
+            !w.vg_full(),
+            "a failure that is not about room froze the run for good"
+        );
+        let r = w.retry[&(0, false)];
+        assert_eq!(r.failures, 1);
+        assert!(r.after > Instant::now(), "retried at once: no pause");
+        failed_lvextend(&mut w, "  device busy");
+        assert_eq!(w.retry[&(0, false)].failures, 2);
+        // no room is a full VG, as before
+        failed_lvextend(
+            &mut w,
+            "  Insufficient free space: 2 extents needed, but only 0 available",
+        );
+        assert!(w.vg_full());
+    }
+
+    #[test]
+    fn a_failing_extension_pauses_the_writer_then_hands_over_to_when_full() {
+        let mut w = watcher();
+        w.vg_free.insert("vg".into(), 1 << 30);
+        // full to the brim: in danger
+        w.items[0].used = w.items[0].size;
+        let later = Instant::now() + Duration::from_secs(60);
+        w.retry.insert(
+            (0, false),
+            Retry {
+                failures: 1,
+                after: later,
+            },
+        );
+        assert!(w.decide(0, 0));
+        assert!(w.braked && !w.held, "a retry is due: pause, not hold");
+        assert!(w.inflight.is_none(), "retried before its pause ended");
+        w.retry.insert(
+            (0, false),
+            Retry {
+                failures: GIVE_UP_AFTER,
+                after: later,
+            },
+        );
+        assert!(w.decide(0, 0));
+        assert!(w.held, "a lasting failure must reach --when-full");
+        assert!(w.events.iter().any(|e| e.kind == "froze"));
+    }
+
+    #[test]
+    fn retries_back_off_to_eight_seconds() {
+        let now = Instant::now();
+        let mut r = Retry::next(None, now);
+        assert_eq!(r.after - now, Duration::from_millis(500));
+        for _ in 0..10 {
+            r = Retry::next(Some(r), now);
+        }
+        assert_eq!(r.after - now, Duration::from_secs(8));
     }
 
     #[test]
