@@ -49,6 +49,9 @@ _guard() {
             guard,status)
                 cmd="guard__subcmd__status"
                 ;;
+            guard,trial)
+                cmd="guard__subcmd__trial"
+                ;;
             guard,watch)
                 cmd="guard__subcmd__watch"
                 ;;
@@ -85,6 +88,9 @@ _guard() {
             guard__subcmd__help,status)
                 cmd="guard__subcmd__help__subcmd__status"
                 ;;
+            guard__subcmd__help,trial)
+                cmd="guard__subcmd__help__subcmd__trial"
+                ;;
             guard__subcmd__help,watch)
                 cmd="guard__subcmd__help__subcmd__watch"
                 ;;
@@ -93,6 +99,9 @@ _guard() {
                 ;;
             guard__subcmd__help__subcmd__policy,list)
                 cmd="guard__subcmd__help__subcmd__policy__subcmd__list"
+                ;;
+            guard__subcmd__help__subcmd__trial,confirm)
+                cmd="guard__subcmd__help__subcmd__trial__subcmd__confirm"
                 ;;
             guard__subcmd__policy,check)
                 cmd="guard__subcmd__policy__subcmd__check"
@@ -112,6 +121,18 @@ _guard() {
             guard__subcmd__policy__subcmd__help,list)
                 cmd="guard__subcmd__policy__subcmd__help__subcmd__list"
                 ;;
+            guard__subcmd__trial,confirm)
+                cmd="guard__subcmd__trial__subcmd__confirm"
+                ;;
+            guard__subcmd__trial,help)
+                cmd="guard__subcmd__trial__subcmd__help"
+                ;;
+            guard__subcmd__trial__subcmd__help,confirm)
+                cmd="guard__subcmd__trial__subcmd__help__subcmd__confirm"
+                ;;
+            guard__subcmd__trial__subcmd__help,help)
+                cmd="guard__subcmd__trial__subcmd__help__subcmd__help"
+                ;;
             *)
                 ;;
         esac
@@ -119,7 +140,7 @@ _guard() {
 
     case "${cmd}" in
         guard)
-            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --dry-run --wait --json --report --quiet --help --version snapshot status recover commit resume rollback dm-status watch policy man completions help"
+            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --trial-boot --no-trial-boot --dry-run --wait --json --report --quiet --help --version snapshot status recover commit resume rollback trial dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -223,7 +244,7 @@ _guard() {
             return 0
             ;;
         guard__subcmd__help)
-            opts="snapshot status recover commit resume rollback dm-status watch policy man completions help"
+            opts="snapshot status recover commit resume rollback trial dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -407,6 +428,34 @@ _guard() {
         guard__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__help__subcmd__trial)
+            opts="confirm"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__help__subcmd__trial__subcmd__confirm)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -635,6 +684,76 @@ _guard() {
         guard__subcmd__status)
             opts="-h --json --all --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__trial)
+            opts="-h --help confirm help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__trial__subcmd__confirm)
+            opts="-h --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__trial__subcmd__help)
+            opts="confirm help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__trial__subcmd__help__subcmd__confirm)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        guard__subcmd__trial__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

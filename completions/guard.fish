@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_guard_global_optspecs
-    string join \n policy= lv= mount= size= timeout= check= on-failure= on-success= keep= extend-at= when-full= no-freeze finish dry-run wait json report= q/quiet h/help V/version
+    string join \n policy= lv= mount= size= timeout= check= on-failure= on-success= keep= extend-at= when-full= no-freeze finish trial-boot no-trial-boot dry-run wait json report= q/quiet h/help V/version
 end
 
 function __fish_guard_needs_command
@@ -43,6 +43,8 @@ continue\t'Let the snapshot fill: the operator accepts losing the rollback point
 complete -c guard -n "__fish_guard_needs_command" -l report -d 'Write the final report as JSON to FILE' -r -F
 complete -c guard -n "__fish_guard_needs_command" -l no-freeze -d 'Do not hold a set of volumes at one moment while snapshotting it (each LV is still snapshotted with its filesystem frozen by lvm2)'
 complete -c guard -n "__fish_guard_needs_command" -l finish -d 'If a rollback is deferred because a target is mounted, unmount it to finish now (not /)'
+complete -c guard -n "__fish_guard_needs_command" -l trial-boot -d 'After a kept change to /, boot it once on trial: unless that boot is confirmed healthy by its deadline, the next boot rolls it back by itself (GRUB; needs --keep)'
+complete -c guard -n "__fish_guard_needs_command" -l no-trial-boot -d 'Do not arm a trial boot, even if the policy asks for one'
 complete -c guard -n "__fish_guard_needs_command" -l dry-run -d 'Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing'
 complete -c guard -n "__fish_guard_needs_command" -l wait -d 'Wait for another guard run holding one of the volumes instead of failing at once'
 complete -c guard -n "__fish_guard_needs_command" -l json -d 'Also write the final report as one JSON object to stderr'
@@ -55,6 +57,7 @@ complete -c guard -n "__fish_guard_needs_command" -a "recover" -d 'Finish or cle
 complete -c guard -n "__fish_guard_needs_command" -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
 complete -c guard -n "__fish_guard_needs_command" -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
 complete -c guard -n "__fish_guard_needs_command" -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
+complete -c guard -n "__fish_guard_needs_command" -a "trial" -d 'Trial boots (--trial-boot): `confirm` is run by guard-confirm.service in a trial boot'
 complete -c guard -n "__fish_guard_needs_command" -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
 complete -c guard -n "__fish_guard_needs_command" -a "watch" -d 'Watch the snapshots of kept runs and extend them before they fill (started in the background when a run is kept; ends when no kept run is left)'
 complete -c guard -n "__fish_guard_needs_command" -a "policy" -d 'Check and list policies'
@@ -84,6 +87,12 @@ complete -c guard -n "__fish_guard_using_subcommand commit" -s h -l help -d 'Pri
 complete -c guard -n "__fish_guard_using_subcommand resume" -s h -l help -d 'Print help'
 complete -c guard -n "__fish_guard_using_subcommand rollback" -l finish -d 'Complete a deferred merge now: unmount the targets, reactivate, wait, mount again'
 complete -c guard -n "__fish_guard_using_subcommand rollback" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand trial; and not __fish_seen_subcommand_from confirm help" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand trial; and not __fish_seen_subcommand_from confirm help" -f -a "confirm" -d 'In a trial boot: check it (no unit failed that had not failed before the change, and the policy\'s [trial] checks); healthy ends the trial, else exit 1 (the unit reboots into the fallback)'
+complete -c guard -n "__fish_guard_using_subcommand trial; and not __fish_seen_subcommand_from confirm help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand trial; and __fish_seen_subcommand_from confirm" -s h -l help -d 'Print help'
+complete -c guard -n "__fish_guard_using_subcommand trial; and __fish_seen_subcommand_from help" -f -a "confirm" -d 'In a trial boot: check it (no unit failed that had not failed before the change, and the policy\'s [trial] checks); healthy ends the trial, else exit 1 (the unit reboots into the fallback)'
+complete -c guard -n "__fish_guard_using_subcommand trial; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c guard -n "__fish_guard_using_subcommand dm-status" -s h -l help -d 'Print help'
 complete -c guard -n "__fish_guard_using_subcommand watch" -l period -d 'How long to watch before reading the journal again' -r
 complete -c guard -n "__fish_guard_using_subcommand watch" -l once -d 'Watch one period, then exit'
@@ -101,17 +110,19 @@ complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subc
 complete -c guard -n "__fish_guard_using_subcommand policy; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c guard -n "__fish_guard_using_subcommand man" -s h -l help -d 'Print help'
 complete -c guard -n "__fish_guard_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "snapshot" -d 'Take a consistent point-in-time copy of volumes (a database\'s, with its policy\'s lock), mount it read-only for a command (a backup), then unmount and remove it'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "watch" -d 'Watch the snapshots of kept runs and extend them before they fill (started in the background when a run is kept; ends when no kept run is left)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "policy" -d 'Check and list policies'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "man" -d 'Print the man page (roff)'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "completions" -d 'Print a shell completion script'
-complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback dm-status watch policy man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "snapshot" -d 'Take a consistent point-in-time copy of volumes (a database\'s, with its policy\'s lock), mount it read-only for a command (a backup), then unmount and remove it'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "status" -d 'List runs and their snapshots: phase, COW use, pending merges'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "recover" -d 'Finish or clean up what a killed guard or a power cut left; safe at every boot'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "commit" -d 'Remove a kept run\'s snapshots: its change stays'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "resume" -d 'Let a run that guard froze (its VG was full) go on, once space was freed'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "rollback" -d 'Merge a run\'s snapshots back: its change is undone'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "trial" -d 'Trial boots (--trial-boot): `confirm` is run by guard-confirm.service in a trial boot'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "dm-status" -d 'Print the device-mapper status of a device as guard reads it (for diagnosis)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "watch" -d 'Watch the snapshots of kept runs and extend them before they fill (started in the background when a run is kept; ends when no kept run is left)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "policy" -d 'Check and list policies'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "man" -d 'Print the man page (roff)'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "completions" -d 'Print a shell completion script'
+complete -c guard -n "__fish_guard_using_subcommand help; and not __fish_seen_subcommand_from snapshot status recover commit resume rollback trial dm-status watch policy man completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from trial" -f -a "confirm" -d 'In a trial boot: check it (no unit failed that had not failed before the change, and the policy\'s [trial] checks); healthy ends the trial, else exit 1 (the unit reboots into the fallback)'
 complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "check" -d 'Validate a policy and print the settings it gives (merged with the defaults)'
 complete -c guard -n "__fish_guard_using_subcommand help; and __fish_seen_subcommand_from policy" -f -a "list" -d 'List the policies --policy can find, in search order'

@@ -9,6 +9,7 @@
 //   watch/  the COW watcher: pure fill model, sampling, actions, meter, background watcher
 //   ops/    commit, rollback, recover, status: each under the run's lock
 //   cli/    the command line, report rendering, policy files, man page
+pub mod boot;
 pub mod cli;
 pub mod dm;
 pub mod error;

@@ -109,6 +109,13 @@ pub struct RunArgs {
     /// If a rollback is deferred because a target is mounted, unmount it to finish now (not /)
     #[arg(long)]
     pub finish: bool,
+    /// After a kept change to /, boot it once on trial: unless that boot is confirmed healthy
+    /// by its deadline, the next boot rolls it back by itself (GRUB; needs --keep)
+    #[arg(long, conflicts_with = "no_trial_boot")]
+    pub trial_boot: bool,
+    /// Do not arm a trial boot, even if the policy asks for one
+    #[arg(long)]
+    pub no_trial_boot: bool,
     /// Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -198,6 +205,8 @@ impl SnapshotArgs {
             when_full: Some(crate::watch::WhenFull::Continue),
             no_freeze: self.no_freeze,
             finish: false,
+            trial_boot: false,
+            no_trial_boot: true,
             dry_run: self.dry_run,
             wait: self.wait,
             json: self.json,
@@ -206,6 +215,14 @@ impl SnapshotArgs {
             command: self.command.clone(),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrialSub {
+    /// In a trial boot: check it (no unit failed that had not failed before the change, and
+    /// the policy's [trial] checks); healthy ends the trial, else exit 1 (the unit reboots
+    /// into the fallback)
+    Confirm,
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +262,11 @@ pub enum Sub {
         /// Complete a deferred merge now: unmount the targets, reactivate, wait, mount again
         #[arg(long)]
         finish: bool,
+    },
+    /// Trial boots (--trial-boot): `confirm` is run by guard-confirm.service in a trial boot
+    Trial {
+        #[command(subcommand)]
+        sub: TrialSub,
     },
     /// Print the device-mapper status of a device as guard reads it (for diagnosis)
     #[command(hide = true)]
@@ -356,6 +378,13 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
             OnSuccess::Discard
         })
     };
+    let trial_boot = !a.no_trial_boot && (a.trial_boot || p.trial_boot);
+    if trial_boot && on_success != OnSuccess::Keep {
+        return Err(Error::refused(
+            "a trial boot needs the snapshots kept after success (its fallback merges them)",
+            "add --keep 1d (or --no-trial-boot)",
+        ));
+    }
     Ok(RunOptions {
         request: PlanRequest { lvs, mounts, size },
         command: a.command.clone(),
@@ -384,6 +413,10 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         warn_unless_on_lvm: p.warn_unless_on_lvm.clone(),
         save_unless_on_lvm: p.save_unless_on_lvm.clone(),
         policy: policy.map(Policy::recorded).or_else(|| a.policy.clone()),
+        trial_boot,
+        trial_deadline: p
+            .trial_deadline
+            .unwrap_or(std::time::Duration::from_secs(crate::boot::DEFAULT_DEADLINE_SECS)),
     })
 }
 
@@ -495,6 +528,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
                 print!("{}", status::human_text(&st));
             }
             Ok(0)
+        }
+        Sub::Trial {
+            sub: TrialSub::Confirm,
+        } => {
+            preflight()?;
+            crate::boot::confirm(&lvm, &journal)
         }
         Sub::Recover { expire } => {
             preflight()?;

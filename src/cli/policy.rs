@@ -55,6 +55,23 @@ pub struct PolicyFile {
     pub hook: Vec<HookEntry>,
     #[serde(default)]
     pub check: Vec<CheckEntry>,
+    #[serde(default)]
+    pub trial: TrialSection,
+}
+
+/// `[trial]`: boot the change once on trial, and fall back when that boot is not healthy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrialSection {
+    /// Arm a trial boot when the run ends kept.
+    #[serde(default)]
+    pub boot: bool,
+    /// How long the trial boot has to be confirmed (default 10m).
+    pub deadline: Option<String>,
+    /// Checks run in the trial boot after multi-user.target (besides "no unit failed that had
+    /// not failed before the change").
+    #[serde(default)]
+    pub check: Vec<CheckEntry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +171,9 @@ pub struct Policy {
     pub finish: Option<bool>,
     pub hooks: Vec<HookSpec>,
     pub checks: Vec<CheckSpec>,
+    pub trial_boot: bool,
+    pub trial_deadline: Option<Duration>,
+    pub boot_checks: Vec<CheckSpec>,
 }
 
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -493,6 +513,16 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
             fail_on_output: c.fail_on_output,
         });
     }
+    let mut boot_checks = Vec::new();
+    for (i, c) in f.trial.check.iter().enumerate() {
+        boot_checks.push(CheckSpec {
+            name: c.name.clone().unwrap_or_else(|| c.run.join(" ")),
+            argv: argv(origin, text, &format!("trial check #{}", i + 1), &c.run)?,
+            timeout: duration(origin, text, "timeout", &c.timeout)?
+                .unwrap_or(DEFAULT_CHECK_TIMEOUT),
+            fail_on_output: c.fail_on_output,
+        });
+    }
     Ok(Policy {
         name: name.to_string(),
         source: origin.to_string(),
@@ -515,6 +545,9 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         finish: f.run.finish,
         hooks,
         checks,
+        trial_boot: f.trial.boot,
+        trial_deadline: duration(origin, text, "deadline", &f.trial.deadline)?,
+        boot_checks,
     })
 }
 

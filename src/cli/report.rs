@@ -40,6 +40,8 @@ pub struct Report {
     pub downtime_ms: Option<u64>,
     pub copy_root: Option<String>,
     pub notes: Vec<String>,
+    /// A trial boot (--trial-boot): armed, confirmed, fell-back, ended.
+    pub trial: Option<crate::model::record::TrialReport>,
     pub targets: Vec<TargetReport>,
     pub events: Vec<crate::watch::Event>,
     pub todo: Vec<String>,
@@ -69,6 +71,7 @@ impl Report {
             downtime_ms: rec.downtime_ms,
             copy_root: rec.copy.as_ref().map(|c| c.root.display().to_string()),
             notes: rec.notes.clone(),
+            trial: rec.trial.as_ref().map(|t| t.report()),
             targets: rec
                 .targets
                 .iter()

@@ -140,6 +140,79 @@ pub struct RunRecord {
     /// Advice about the run (a thick target under a database policy).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// A trial boot of the change (`--trial-boot`): its state and what its fallback boots.
+    #[serde(default)]
+    pub trial: Option<Trial>,
+}
+
+/// Where a trial boot stands. GRUB's own counter (armed → booting → fallback) lives in its
+/// environment block; this is guard's side of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrialState {
+    /// The old kernel and initramfs are copied; the change has not ended yet. (A fallback
+    /// boot finds the run in this state: the journal went back to the moment of the snapshot.)
+    Prepared,
+    /// The next boot is the trial: GRUB's entries and counter are in place.
+    Armed,
+    /// The trial boot came up healthy: the fallback entry is gone, the run stays kept.
+    Confirmed,
+    /// The trial boot failed (panic, hang, missed deadline, failed check): GRUB booted the
+    /// fallback, which rolled the change back.
+    FellBack,
+    /// Ended without a trial boot (committed, rolled back, or arming failed).
+    Ended,
+}
+
+impl TrialState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialState::Prepared => "prepared",
+            TrialState::Armed => "armed",
+            TrialState::Confirmed => "confirmed",
+            TrialState::FellBack => "fell-back",
+            TrialState::Ended => "ended",
+        }
+    }
+}
+
+/// A trial as reports and `guard status` show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrialReport {
+    pub state: &'static str,
+    pub old_kernel: String,
+    pub deadline_seconds: u64,
+    pub boot_id: Option<String>,
+    pub note: Option<String>,
+}
+
+impl Trial {
+    pub fn report(&self) -> TrialReport {
+        TrialReport {
+            state: self.state.as_str(),
+            old_kernel: self.old_release.clone(),
+            deadline_seconds: self.deadline_secs,
+            boot_id: self.boot_id.clone(),
+            note: self.note.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    pub state: TrialState,
+    /// The kernel release that ran before the change (what the fallback boots).
+    pub old_release: String,
+    /// Seconds the trial boot has to be confirmed before systemd reboots it.
+    pub deadline_secs: u64,
+    /// Units failed before the change: a trial boot is not blamed for them.
+    #[serde(default)]
+    pub failed_before: Vec<String>,
+    /// The boot (/proc/sys/kernel/random/boot_id) that confirmed or fell back.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// A `guard snapshot` run: where the snapshots were mounted for the command.

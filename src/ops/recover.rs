@@ -111,6 +111,7 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             mounted: vec![],
         }),
         notes: vec![],
+        trial: None,
     })
 }
 
@@ -298,6 +299,24 @@ fn recover_run(
     });
     // A rollback of the filesystem holding the journal turns this file back to the moment of
     // the snapshot; the origin's tag says what really happened.
+    // The fallback of a failed trial boot: its initramfs merged the snapshots back (and
+    // tagged the origins). Without the tag it could not: nothing here may remove them.
+    if rec.phase != Phase::Done
+        && crate::boot::booted_for("guard.fallback").as_deref() == Some(id.as_str())
+    {
+        if crate::boot::note_fallback(rec) {
+            sum.did(format!(
+                "run {id}: the trial boot was not confirmed; this is its fallback boot (the state before the run)"
+            ));
+        }
+        if !merge_tagged {
+            sum.failed(format!(
+                "run {id}: fallback boot, but the initramfs did not merge the snapshots back (see the boot log): they are kept; `guard rollback {id}` and a reboot complete the rollback"
+            ));
+            journal.write(rec)?;
+            return Ok(());
+        }
+    }
     if merge_tagged
         && matches!(
             rec.phase,

@@ -89,6 +89,8 @@ pub fn rollback_with_hooks(
     use crate::run::hooks::{run_point_reporting, HookEnv, HookPoint};
     // a copy is refused before any hook runs (pre_rollback would stop the database for nothing)
     refuse_copy(rec, &lvm.lvs()?)?;
+    // an armed trial boot must not boot the new state once more on its way back
+    crate::run::end_trial(rec, "rolled back");
     // At boot (guard-recover.service, before sysinit.target) the services are not up yet and
     // a `systemctl start` would wait for the very boot that waits for guard: the boot itself
     // starts them, after the merge.

@@ -33,6 +33,7 @@ pub struct RunStatus {
     /// How a finished run ended: committed, rolled-back, kept, nothing.
     pub final_state: Option<crate::store::journal::Final>,
     pub reason: Option<String>,
+    pub trial: Option<crate::model::record::TrialReport>,
     pub snapshots: Vec<SnapshotStatus>,
 }
 
@@ -97,6 +98,7 @@ pub fn collect(lvm: &dyn Lvm, journal: &Journal, all: bool) -> Result<Status> {
             outcome: r.outcome,
             exit_status: r.exit_status,
             keep_until: r.keep_until.clone(),
+            trial: r.trial.as_ref().map(|t| t.report()),
             snapshots: snapshot_status(&lvs, r),
         })
         .collect();
@@ -141,6 +143,13 @@ pub fn human_text(st: &Status) -> String {
         }
         if let Some(k) = &r.keep_until {
             s += &format!("  kept until {k}\n");
+        }
+        if let Some(t) = &r.trial {
+            s += &format!("  trial boot: {} (fallback kernel {})", t.state, t.old_kernel);
+            if let Some(n) = &t.note {
+                s += &format!(": {n}");
+            }
+            s += "\n";
         }
         for sn in &r.snapshots {
             let state = if !sn.exists {

@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub save_unless_on_lvm: Vec<PathBuf>,
     /// The policy the run follows, by name or path (kept in the journal).
     pub policy: Option<String>,
+    /// Arm a trial boot when the run ends kept (boot/).
+    pub trial_boot: bool,
+    pub trial_deadline: Duration,
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -124,7 +127,15 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         ..Default::default()
     };
     let holds = hooks_stage(opts, &env)?;
-    let mut rec = snapshot_stage(lvm, journal, opts, &plan, &planned.to_save, holds, &env)?;
+    let mut rec = snapshot_stage(
+        lvm,
+        journal,
+        opts,
+        &plan,
+        (&planned.to_save, planned.chain.as_ref()),
+        holds,
+        &env,
+    )?;
     if let Some(s) = sig.pending() {
         abort_after_snapshots(
             lvm,
@@ -206,7 +217,7 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
         ..Default::default()
     };
     let holds = hooks_stage(opts, &env)?;
-    let mut rec = snapshot_stage(lvm, journal, opts, &plan, &[], holds, &env)?;
+    let mut rec = snapshot_stage(lvm, journal, opts, &plan, (&[], None), holds, &env)?;
     let mounted = match sig.pending() {
         Some(s) => Err(Error::Other(format!("interrupted by signal {s}"))),
         None => copy::mount_all(lvm, journal, &mut rec, &plan, &root),
@@ -297,13 +308,36 @@ struct Planned {
     resolved: plan::Resolved,
     /// Paths outside LVM to save before the change (e.g. /boot).
     to_save: Vec<PathBuf>,
+    /// A trial boot's checked boot chain.
+    chain: Option<crate::boot::Chain>,
 }
 
 /// plan: the targets, and the warnings about what a rollback will not reach.
 fn plan_stage(lvm: &dyn Lvm, opts: &RunOptions) -> Result<Planned> {
     let table = crate::mounts::read()?;
     let resolved = plan::resolve(lvm, &table, &opts.request)?;
-    let to_save = off_lvm(&resolved, &table, &opts.save_unless_on_lvm);
+    let mut to_save = off_lvm(&resolved, &table, &opts.save_unless_on_lvm);
+    // A trial boot's fallback boots the old kernel on the old /: both must come back, so /
+    // is a target and /boot (a plain partition: GRUB writes its counter there) is saved.
+    let chain = if opts.trial_boot && !opts.dry_run {
+        let chain = crate::boot::check_chain(&table)?;
+        let root = plan::lv_for_mount(&resolved.lvs, &table, std::path::Path::new("/"))
+            .ok()
+            .map(|(lv, _)| lv.uuid.clone());
+        if !root.is_some_and(|u| resolved.volumes().iter().any(|(v, _)| *v == u)) {
+            return Err(Error::refused(
+                "--trial-boot: / is not among the targets (the fallback boots the old kernel, which needs the old / and /lib/modules); nothing was changed",
+                "add --mount / (the kernel-upgrade and apt policies protect /), or --no-trial-boot",
+            ));
+        }
+        let boot = PathBuf::from(crate::boot::BOOT);
+        if !to_save.contains(&boot) {
+            to_save.push(boot);
+        }
+        Some(chain)
+    } else {
+        None
+    };
     for p in off_lvm(&resolved, &table, &opts.warn_unless_on_lvm) {
         ui::warn(&off_lvm_warning(&p, to_save.contains(&p)));
     }
@@ -311,6 +345,7 @@ fn plan_stage(lvm: &dyn Lvm, opts: &RunOptions) -> Result<Planned> {
         table,
         resolved,
         to_save,
+        chain,
     })
 }
 
@@ -387,7 +422,8 @@ fn snapshot_stage(
     journal: &Journal,
     opts: &RunOptions,
     plan: &Plan,
-    to_save: &[PathBuf],
+    // what to save outside LVM, and a trial boot's checked chain
+    (to_save, chain): (&[PathBuf], Option<&crate::boot::Chain>),
     holds: Vec<hooks::Hold>,
     env: &HookEnv,
 ) -> Result<RunRecord> {
@@ -401,6 +437,17 @@ fn snapshot_stage(
                 "free space under /var/lib/guard, or move the path to an LV",
             )
         })?;
+    }
+    // after /boot was saved: its copy must not hold these (a rollback removes them with it)
+    if let Some(chain) = chain {
+        let secs = opts.trial_deadline.as_secs();
+        rec.trial = Some(crate::boot::prepare(run_id, chain, secs).map_err(|e| {
+            crate::store::saved::discard(run_id);
+            Error::refused(
+                format!("--trial-boot: cannot copy the running kernel for the fallback: {e}; nothing was changed"),
+                "free space in /boot",
+            )
+        })?);
     }
     journal.create_exclusive(&mut rec)?;
     ui::event(
@@ -736,6 +783,7 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
                 mounted: vec![],
             }),
         notes: plan::notes(plan, opts.prefer_thin),
+        trial: None,
     }
 }
 
@@ -948,6 +996,7 @@ fn apply_decision(
             Ok(todo)
         })
     };
+    let result = settle_trial(journal, rec, success && keep, result);
     if hold_post {
         ui::warn("post_rollback hooks not run: they would start the services again on data the scheduled rollback is about to discard");
     }
@@ -974,6 +1023,47 @@ fn apply_decision(
             )]
         }
     }
+}
+
+/// A prepared trial boot: armed when the change was kept after success, else ended (its
+/// copies removed; a rollback put /boot back already).
+fn settle_trial(
+    journal: &Journal,
+    rec: &mut RunRecord,
+    kept_success: bool,
+    result: Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    use crate::model::record::TrialState;
+    if rec.trial.as_ref().map(|t| t.state) != Some(TrialState::Prepared) {
+        return result;
+    }
+    let mut todo = result?;
+    if kept_success {
+        match crate::boot::arm(rec) {
+            Ok(msg) => {
+                ui::say(&msg);
+                todo.push(msg);
+            }
+            Err(e) => {
+                let why = format!("trial boot not armed: {e}");
+                ui::error(&format!("{why}; the run stays kept"));
+                for p in crate::boot::disarm(rec, TrialState::Ended, Some(why.clone())) {
+                    ui::warn(&p);
+                }
+                todo.push(format!("{why}; reboot and check by hand, then `guard commit {}` or `guard rollback {}`", rec.id, rec.id));
+            }
+        }
+    } else {
+        for p in crate::boot::disarm(
+            rec,
+            TrialState::Ended,
+            Some("no trial boot: the change was not kept".into()),
+        ) {
+            ui::warn(&p);
+        }
+    }
+    journal.write(rec)?;
+    Ok(todo)
 }
 
 /// `--on-failure ask`: on a terminal, show what happened and ask. Without an answer (no
@@ -1044,6 +1134,8 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
 
 /// Removes the run's snapshots: the change stays.
 pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<()> {
+    // a trial still armed would boot into a fallback whose snapshots are gone
+    end_trial(rec, "committed");
     rec.phase = Phase::Committing;
     journal.write(rec)?;
     for (i, t) in rec.targets.iter().enumerate() {
@@ -1055,6 +1147,23 @@ pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
     crate::store::saved::discard(&rec.id);
     rec.saved.clear();
     journal.write(rec)
+}
+
+/// Ends a trial that is still prepared or armed (commit, rollback): GRUB boots normally again.
+pub fn end_trial(rec: &mut RunRecord, how: &str) {
+    use crate::model::record::TrialState;
+    if matches!(
+        rec.trial.as_ref().map(|t| t.state),
+        Some(TrialState::Prepared | TrialState::Armed)
+    ) {
+        for p in crate::boot::disarm(
+            rec,
+            TrialState::Ended,
+            Some(format!("trial ended: the run was {how}")),
+        ) {
+            ui::warn(&p);
+        }
+    }
 }
 
 fn emit_report(report: &Report, opts: &RunOptions) {

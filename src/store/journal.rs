@@ -422,6 +422,7 @@ mod tests {
             downtime_ms: None,
             copy: None,
             notes: vec![],
+            trial: None,
         }
     }
 

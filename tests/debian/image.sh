@@ -4,12 +4,21 @@
 # root LV, udev, lvm2, sshd, dpkg, apt). Built once and cached; each scenario boots a sparse copy
 # of the pristine disk.
 #
-#   image.sh [base|db]  build (or reuse) $CACHE: disk.img (PV: vg0/root), boot.img (/boot, a
+#   image.sh [base|db|grub]  build (or reuse) $CACHE: disk.img (PV: vg0/root), boot.img (/boot, a
 #                  plain ext4 disk), vmlinuz, initrd.img, id_ed25519, repo/
 #
 # The db variant (issue 12, its own cache) adds MariaDB and PostgreSQL 15 from Debian's archive,
 # each on its own LV: /var/lib/mysql on vg0/mysql (thick), /var/lib/postgresql on vg0/pg, a thin
 # LV in the pool vg0/pool; both servers started by systemd at boot.
+#
+# The grub variant (issue 13, its own cache) boots through GRUB as an installed server does:
+# boot.img is an MBR disk, GRUB (grub-pc, BIOS) in its MBR, /boot on its first partition; the
+# runner boots it with BOOT=grub (lib.sh), boot disk first. It carries guard's boot pieces (the
+# local-premount script in the initramfs, /etc/grub.d/42_guard; the recipe follows their content)
+# and the repository trial: linux-image-guardtest-panic (6.1.0-99-guardtest, sorts first: its
+# initramfs is empty, the kernel panics), linux-image-guardtest-good (6.1.0-98-guardtest, the
+# real kernel and initramfs under another name) and guardtest-sshbreak (sshd refuses its config
+# from the next boot on).
 #
 # Steps: debootstrap (minbase) → packages and config in a host chroot (the initramfs is built
 # there too: inside the emulated guest it takes 8 minutes) → mkfs.ext4 -d into root.img → the
@@ -29,11 +38,14 @@ case $VARIANT in
   base) CACHE=${GUARD_DEBIAN_CACHE:-$HOME/.cache/guard-debian}; RECIPE=5 ;;
   db) CACHE=${GUARD_DEBIAN_DB_CACHE:-$HOME/.cache/guard-debian-db}; RECIPE=db2
       PKGS="$PKGS mariadb-server mariadb-client postgresql-15 postgresql-client-15 rsync xfsprogs" ;;
-  *) echo "image.sh: unknown variant '$VARIANT' (base or db)" >&2; exit 2 ;;
+  grub) CACHE=${GUARD_DEBIAN_GRUB_CACHE:-$HOME/.cache/guard-debian-grub}
+        RECIPE=grub1-$(cat "$top/dist/initramfs-tools/scripts/local-premount/guard" "$top/dist/grub.d/42_guard" | sha256sum | cut -c1-12)
+        PKGS="$PKGS grub-pc" ;;
+  *) echo "image.sh: unknown variant '$VARIANT' (base, db or grub)" >&2; exit 2 ;;
 esac
 
 if [ -f "$CACHE/disk.img" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ]; then exit 0; fi
-for p in debootstrap dpkg-dev openssh-client e2fsprogs; do
+for p in debootstrap dpkg-dev openssh-client e2fsprogs $([ "$VARIANT" = grub ] && echo fdisk cpio); do
   dpkg -s "$p" >/dev/null 2>&1 || missing="${missing:-} $p"
 done
 if [ -n "${missing:-}" ]; then
@@ -91,7 +103,27 @@ if [ "$VARIANT" = db ]; then
   printf '[mysqld]\ninnodb_buffer_pool_size = 64M\nperformance_schema = OFF\n' > "$R/etc/mysql/mariadb.conf.d/90-guardtest.cnf"
 fi
 chroot "$R" apt-get update -qq
+# grub-pc's postinst would ask where to install: nowhere yet (the guest does it, below)
+if [ "$VARIANT" = grub ]; then
+  printf 'grub-pc grub-pc/install_devices multiselect\ngrub-pc grub-pc/install_devices_empty boolean true\n' | chroot "$R" debconf-set-selections
+fi
 DEBIAN_FRONTEND=noninteractive chroot "$R" apt-get install -y -qq --no-install-recommends $PKGS > apt.log 2>&1 || { tail -20 apt.log; exit 1; }
+if [ "$VARIANT" = grub ]; then
+  # a serial console the runner reads; the first entry (the newest kernel) without a prompt
+  cat > "$R/etc/default/grub" <<'G'
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=1
+GRUB_DISTRIBUTOR=Debian
+GRUB_TERMINAL=serial
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_CMDLINE_LINUX="console=ttyS0"
+GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_DISABLE_OS_PROBER=true
+G
+  # guard's boot pieces as its .deb installs them, in before the initramfs is built below
+  install -m 0755 "$top/dist/initramfs-tools/scripts/local-premount/guard" "$R/usr/share/initramfs-tools/scripts/local-premount/guard"
+  install -m 0755 "$top/dist/grub.d/42_guard" "$R/etc/grub.d/42_guard"
+fi
 # the guest has no network: only the local repositories
 rm -f "$R"/etc/apt/sources.list "$R"/etc/apt/sources.list.d/*
 mkdir -p "$R/srv"; cp -a repo "$R/srv/repo"
@@ -119,9 +151,54 @@ sed 's/vgchange -aay --autoactivation event/vgchange -aay --poll n --autoactivat
 : > "$R/etc/machine-id"
 rm -f "$R/usr/sbin/policy-rc.d"
 chroot "$R" update-initramfs -u -k all > initramfs.log 2>&1
+if [ "$VARIANT" = grub ]; then
+  # the trial packages need the kernel and the initramfs just built
+  K=$(basename "$R"/boot/vmlinuz-*); K=${K#vmlinuz-}
+  for v in 6.1.0-99-guardtest 6.1.0-98-guardtest; do  # update-grub puts the highest first (sort -V)
+    [ "$(printf '%s\n' "$K" "$v" | sort -V | tail -1)" = "$v" ] || { echo "debian image: $v does not sort above the kernel $K" >&2; exit 1; }
+  done
+  mkkernel() {  # NAME VERSION VMLINUZ INITRD: a kernel package, its hooks as Debian's zz-update-grub
+    local d=pkgsrc/$1-1.0 s
+    mkdir -p "$d/DEBIAN" "$d/boot" "$d/lib/modules/$2"
+    printf 'Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: guard tests <root@localhost>\nDescription: guard test kernel %s\n' "$1" "$2" > "$d/DEBIAN/control"
+    cp "$3" "$d/boot/vmlinuz-$2"; cp "$4" "$d/boot/initrd.img-$2"
+    echo "$1" > "$d/lib/modules/$2/guardtest"
+    for s in postinst postrm; do
+      printf '#!/bin/sh\nset -e\nif command -v update-grub >/dev/null; then update-grub; fi\n' > "$d/DEBIAN/$s"; chmod 755 "$d/DEBIAN/$s"
+    done
+    # -Znone: the payload is compressed already
+    dpkg-deb -Znone --root-owner-group --build "$d" "pkgs/$1_1.0_all.deb" >/dev/null
+  }
+  # an initramfs with an empty folder only: no /init, no modules, no disk: "VFS: Unable to mount root fs"
+  mkdir -p pkgsrc/initrd-panic/empty
+  (cd pkgsrc/initrd-panic && find . | cpio -o -H newc --quiet) | gzip -9 > pkgsrc/initrd-panic.img
+  mkkernel linux-image-guardtest-panic 6.1.0-99-guardtest "$R/boot/vmlinuz-$K" pkgsrc/initrd-panic.img
+  mkkernel linux-image-guardtest-good 6.1.0-98-guardtest "$R/boot/vmlinuz-$K" "$R/boot/initrd.img-$K"
+  # sshd -t fails from now on: ssh.service will not start at the next boot. No postinst: the
+  # running sshd (its config read at start) keeps serving until then.
+  d=pkgsrc/guardtest-sshbreak-1.0; mkdir -p "$d/DEBIAN" "$d/etc/ssh/sshd_config.d"
+  printf 'Package: guardtest-sshbreak\nVersion: 1.0\nArchitecture: all\nMaintainer: guard tests <root@localhost>\nDescription: guard test package: breaks sshd at the next boot\n' > "$d/DEBIAN/control"
+  echo 'NoSuchOption yes' > "$d/etc/ssh/sshd_config.d/guardtest-broken.conf"
+  dpkg-deb --root-owner-group --build "$d" pkgs/guardtest-sshbreak_1.0_all.deb >/dev/null
+  mkrepo trial pkgs/linux-image-guardtest-*_1.0_all.deb pkgs/guardtest-sshbreak_1.0_all.deb
+  cp -a repo/trial "$R/srv/repo/trial"
+  # a list of its own: run.sh's repo() rewrites guardtest.list
+  echo 'deb [trusted=yes] file:/srv/repo/trial ./' > "$R/etc/apt/sources.list.d/guardtest-trial.list"
+  chroot "$R" apt-get update -qq
+fi
 umounts; trap - EXIT
 cp "$R"/boot/vmlinuz-* vmlinuz; cp "$R"/boot/initrd.img-* initrd.img
-rm -f boot.img; mkfs.ext4 -q -F -L boot -d "$R/boot" boot.img 256M
+if [ "$VARIANT" = grub ]; then
+  # an MBR disk as the installer makes it: /boot on a partition from 1 MiB, the gap before it for
+  # GRUB's core.img
+  rm -f boot.img bootfs.img; mkfs.ext4 -q -F -L boot -d "$R/boot" bootfs.img 256M
+  truncate -s 257M boot.img
+  printf 'label: dos\nstart=2048, size=524288, type=83, bootable\n' | sfdisk -q boot.img
+  dd if=bootfs.img of=boot.img bs=1M seek=1 conv=notrunc,sparse status=none
+  rm bootfs.img
+else
+  rm -f boot.img; mkfs.ext4 -q -F -L boot -d "$R/boot" boot.img 256M
+fi
 find "$R/boot" -mindepth 1 -delete
 rm -f root.img; mkfs.ext4 -q -F -L root -d "$R" root.img 1536M
 rm -rf "$R"
@@ -166,5 +243,36 @@ L
 "$top/tests/vm/vm.sh" run --disk disk.img --disk root.img --share share --timeout 600 share/layout.sh | grep -q "layout ok" \
   || { echo "debian image: the LVM layout failed" >&2; exit 1; }
 rm -rf root.img share
+if [ "$VARIANT" = grub ]; then
+  # GRUB into the MBR from the installed system, booted once the old way with the boot disk first
+  # (vda, as the runner's BOOT=grub has it)
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  gg() { ssh -q -i id_ed25519 -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+           -o BatchMode=yes -o ConnectTimeout=5 root@127.0.0.1 "$@"; }
+  qemu-system-x86_64 -accel tcg -m 1024 -smp 2 -nographic \
+    -kernel vmlinuz -initrd initrd.img -append "root=/dev/vg0/root console=ttyS0 ro" \
+    -drive file=boot.img,format=raw,if=virtio -drive file=disk.img,format=raw,if=virtio \
+    -nic "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$port-:22" </dev/null > grub-console.log 2>&1 &
+  qpid=$!; trap 'kill $qpid 2>/dev/null || true' EXIT
+  grubfail() { echo "debian image: GRUB install failed: $1; console:" >&2; tail -20 grub-console.log | sed 's/^/  | /' >&2; exit 1; }
+  t1=$(date +%s)
+  until gg true 2>/dev/null; do
+    kill -0 $qpid 2>/dev/null || grubfail "qemu exited"
+    [ $(( $(date +%s) - t1 )) -lt 400 ] || grubfail "no ssh after 400 s"
+    sleep 2
+  done
+  echo "grub: guest up in $(( $(date +%s) - t1 ))s" > grub-install.log
+  gg 'grub-install /dev/vda && update-grub' >> grub-install.log 2>&1 || { cat grub-install.log >&2; grubfail "grub-install or update-grub"; }
+  gg 'grep -q "^menuentry " /boot/grub/grub.cfg && grep -qF "source \${config_directory}/guard.cfg" /boot/grub/grub.cfg' \
+    || grubfail "grub.cfg lacks a menuentry or 42_guard's lines"
+  # back to a machine that has never booted: each copy's first boot is its own
+  gg ': > /etc/machine-id; systemctl poweroff' || true
+  t1=$(date +%s)
+  while kill -0 $qpid 2>/dev/null; do
+    [ $(( $(date +%s) - t1 )) -lt 180 ] || grubfail "no poweroff after 180 s"
+    sleep 2
+  done
+  trap - EXIT
+fi
 echo "$RECIPE" > recipe
 echo "debian image built in $(( $(date +%s) - t0 ))s ($(du -sh --apparent-size disk.img | cut -f1) disk, $(du -sh disk.img | cut -f1) used)"

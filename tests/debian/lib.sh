@@ -1,5 +1,7 @@
 # Sourced by the Debian bed's runners (run.sh, db.sh): boot a copy of $CACHE's pristine disk under
-# qemu, drive it over ssh, count checks. The runner sets CACHE, top and pattern first.
+# qemu, drive it over ssh, count checks. The runner sets CACHE, top and pattern first, and
+# BOOT=grub for a disk that boots through GRUB (image.sh grub); else the kernel is given to qemu.
+BOOT=${BOOT:-kernel}
 BIN=$top/target/debug/guard
 # The package when it was built (scripts/test builds it first), else the binary and the unit.
 DEB=$(ls "$top"/target/debian/guard_*.deb 2>/dev/null | head -1)
@@ -12,9 +14,15 @@ trap cleanup EXIT
 g() { ssh -q -i "$CACHE/id_ed25519" -p "$PORT" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
         -o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=5 root@127.0.0.1 "$@"; }
 qemu() {
-  qemu-system-x86_64 -accel tcg -m 1024 -smp 2 -nographic \
-    -kernel "$CACHE/vmlinuz" -initrd "$CACHE/initrd.img" -append "root=/dev/vg0/root console=ttyS0 ro" \
-    -drive "file=$W/disk.img,format=raw,if=virtio" -drive "file=$W/boot.img,format=raw,if=virtio" \
+  local -a boot
+  if [ "$BOOT" = grub ]; then
+    # the BIOS boots the first disk: GRUB in its MBR. A reboot (or panic=N) restarts in place.
+    boot=(-drive "file=$W/boot.img,format=raw,if=virtio" -drive "file=$W/disk.img,format=raw,if=virtio")
+  else
+    boot=(-kernel "$CACHE/vmlinuz" -initrd "$CACHE/initrd.img" -append "root=/dev/vg0/root console=ttyS0 ro"
+          -drive "file=$W/disk.img,format=raw,if=virtio" -drive "file=$W/boot.img,format=raw,if=virtio")
+  fi
+  qemu-system-x86_64 -accel tcg -m 1024 -smp 2 -nographic "${boot[@]}" \
     -nic "user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:$PORT-:22" \
     </dev/null >> "$W/console.log" 2>&1 &
   echo $! > "$W/qemu.pid"

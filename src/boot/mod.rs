@@ -1,0 +1,442 @@
+//! Trial boot (issue 13): a change to / and /boot that ends kept is booted once; if that boot
+//! does not come up healthy, the boot after it is the state before the run, with nobody at
+//! the console.
+//!
+//! - before the change: the boot chain is checked (GRUB, /boot a plain filesystem GRUB can
+//!   write its environment to, the running kernel's files, guard's fallback in its initramfs)
+//!   and the running kernel and initramfs are copied to /boot/guard/RUN, where no package
+//!   removes them;
+//! - after it (kept): guard.cfg (grub.rs) and GRUB's counter are armed, and the trial's
+//!   deadline is written for guard-trial.target;
+//! - the trial boot: guard-confirm.service (`guard trial confirm`) checks it, and ends the
+//!   trial, or fails and reboots; a panic reboots (panic=N), a hang meets the deadline;
+//! - the fallback boot: the old kernel, whose initramfs merges the snapshots back before /
+//!   is mounted (dist/initramfs-tools); `guard recover` then completes the rollback and puts
+//!   /boot back from the copy saved before the change, which also removes guard.cfg, the
+//!   counter and the copies.
+pub mod grub;
+
+use crate::error::{Error, Result};
+use crate::exec::{system_command, CommandExt};
+use crate::model::record::{RunRecord, Trial, TrialState};
+use crate::ui;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+pub const BOOT: &str = "/boot";
+const GRUB_DIR: &str = "/boot/grub";
+/// The trial's deadline, for guard-trial.target (a drop-in: the unit ships a default).
+const DEADLINE_DROPIN: &str = "/etc/systemd/system/guard-trial.target.d/guard-deadline.conf";
+const INITRAMFS_SCRIPT: &str = "scripts/local-premount/guard";
+/// A panicking trial kernel reboots after this many seconds (to the fallback).
+const PANIC_SECS: u32 = 10;
+pub const DEFAULT_DEADLINE_SECS: u64 = 600;
+
+fn copies_dir(run: &str) -> PathBuf {
+    Path::new(BOOT).join("guard").join(run)
+}
+
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn cmdline() -> String {
+    std::fs::read_to_string("/proc/cmdline").unwrap_or_default()
+}
+
+/// The run a trial boot (guard.trial=RUN) or a fallback boot (guard.fallback=RUN) is for.
+pub fn booted_for(key: &str) -> Option<String> {
+    grub::cmdline_value(&cmdline(), key)
+        .filter(|r| crate::store::journal::valid_run_id(r))
+        .map(str::to_string)
+}
+
+fn running_release() -> Result<String> {
+    Ok(nix::sys::utsname::uname()
+        .map_err(|e| Error::Other(format!("uname: {e}")))?
+        .release()
+        .to_string_lossy()
+        .into_owned())
+}
+
+fn refuse(problem: impl Into<String>, fix: impl Into<String>) -> Error {
+    Error::refused(
+        format!("--trial-boot: {}; nothing was changed", problem.into()),
+        fix,
+    )
+}
+
+/// What the checked chain found: what to copy, and what the fallback boots.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub release: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// Checks, before anything changes, that a trial boot can fall back on this machine.
+pub fn check_chain(table: &[crate::mounts::Mount]) -> Result<Chain> {
+    let grub_cfg = Path::new(GRUB_DIR).join("grub.cfg");
+    if !grub_cfg.exists() {
+        let other = if Path::new("/boot/efi/loader/loader.conf").exists()
+            || Path::new("/efi/loader/loader.conf").exists()
+        {
+            "this machine boots with systemd-boot"
+        } else {
+            "no /boot/grub/grub.cfg"
+        };
+        return Err(refuse(
+            format!("{other}: a trial boot needs GRUB (grub-pc or grub-efi)"),
+            "run the change without --trial-boot (`guard rollback RUN` and a reboot still undo it)",
+        ));
+    }
+    if crate::exec::find_program("grub-editenv").is_none() {
+        return Err(refuse("grub-editenv not found", "apt-get install grub-common"));
+    }
+    // GRUB writes its counter (save_env) in place, block by block: only on a plain
+    // filesystem, never on LVM, RAID or an encrypted device.
+    let boot = crate::mounts::containing(table, Path::new(GRUB_DIR))
+        .ok_or_else(|| refuse("cannot find the filesystem of /boot/grub", "mount /boot"))?;
+    let plain_dev = boot.source.starts_with("/dev/")
+        && !boot.source.starts_with("/dev/mapper/")
+        && !boot.source.starts_with("/dev/dm-")
+        && !boot.source.starts_with("/dev/md");
+    if !plain_dev || !matches!(boot.fstype.as_str(), "ext2" | "ext3" | "ext4" | "vfat") {
+        return Err(refuse(
+            format!(
+                "/boot/grub is on {} ({}): GRUB cannot write its environment block there, so it cannot count the trial boot",
+                boot.source, boot.fstype
+            ),
+            "put /boot on a plain ext4 partition (as Debian's guided LVM install does)",
+        ));
+    }
+    let release = running_release()?;
+    let kernel = Path::new(BOOT).join(format!("vmlinuz-{release}"));
+    let initrd = Path::new(BOOT).join(format!("initrd.img-{release}"));
+    for (p, what) in [(&kernel, "kernel"), (&initrd, "initramfs")] {
+        if !p.is_file() {
+            return Err(refuse(
+                format!("the running kernel's {what} {} is missing: the fallback would have nothing to boot", p.display()),
+                format!("reinstall the running kernel's package (linux-image-{release})"),
+            ));
+        }
+    }
+    let modules = Path::new("/lib/modules").join(&release);
+    if !modules.is_dir() {
+        return Err(refuse(
+            format!("{} is missing", modules.display()),
+            format!("reinstall linux-image-{release}"),
+        ));
+    }
+    // the fallback's merge is done by guard's script in the old initramfs
+    let out = system_command("lsinitramfs")
+        .map_err(|_| {
+            refuse(
+                "lsinitramfs not found: guard's fallback needs initramfs-tools",
+                "apt-get install initramfs-tools",
+            )
+        })?
+        .arg(&initrd)
+        .run_checked()?;
+    if !String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.ends_with(INITRAMFS_SCRIPT))
+    {
+        return Err(refuse(
+            format!(
+                "{} does not hold guard's fallback script ({INITRAMFS_SCRIPT})",
+                initrd.display()
+            ),
+            format!("run `update-initramfs -u -k {release}` (the guard package installs the script)"),
+        ));
+    }
+    let need = size(&kernel) + size(&initrd);
+    let st = nix::sys::statvfs::statvfs(BOOT).map_err(|e| Error::Other(format!("statvfs /boot: {e}")))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    // room for the copies and for the new kernel the change installs
+    let want = need * 2 + (16 << 20);
+    if free < want {
+        return Err(refuse(
+            format!(
+                "/boot has {} free; the copies of the running kernel and initramfs and a new kernel need about {}",
+                crate::size::human(free),
+                crate::size::human(want)
+            ),
+            "remove old kernels (apt-get autoremove) to free /boot",
+        ));
+    }
+    Ok(Chain {
+        release,
+        kernel,
+        initrd,
+    })
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Units failed now: a trial boot is not blamed for them.
+fn failed_units() -> Vec<String> {
+    let Ok(mut c) = system_command("systemctl") else {
+        return vec![];
+    };
+    c.args(["list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"]);
+    match c.run_checked() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .filter(|u| !u.starts_with("guard-"))
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Copies the running kernel and initramfs where no package removes them (boom's lesson: an
+/// entry whose kernel was removed boots nothing). Before the change, after /boot is saved.
+pub fn prepare(run: &str, chain: &Chain, deadline_secs: u64) -> Result<Trial> {
+    let dir = copies_dir(run);
+    // root's alone: an initramfs may hold a disk-unlock key
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    for src in [&chain.kernel, &chain.initrd] {
+        let name = src.file_name().expect("a file name");
+        let dst = dir.join(name);
+        std::fs::copy(src, &dst).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&dir);
+            Error::io(format!("cannot copy {} to {}", src.display(), dst.display()), e)
+        })?;
+    }
+    nix::unistd::sync();
+    Ok(Trial {
+        state: TrialState::Prepared,
+        old_release: chain.release.clone(),
+        deadline_secs,
+        failed_before: failed_units(),
+        boot_id: None,
+        note: None,
+    })
+}
+
+fn editenv(args: &[&str]) -> Result<()> {
+    let env = Path::new(GRUB_DIR).join("grubenv");
+    system_command("grub-editenv")?
+        .arg(&env)
+        .args(args)
+        .run_checked()?;
+    Ok(())
+}
+
+/// Writes a file next to its final place and renames it in (a power cut leaves the old one
+/// or the new one, never half of one).
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("guard-tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    let f = std::fs::File::open(&tmp).map_err(|e| Error::io("open", e))?;
+    let _ = f.sync_all();
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    nix::unistd::sync();
+    Ok(())
+}
+
+/// After the change ended kept: the next boot is the trial. Returns what to tell the operator.
+pub fn arm(rec: &mut RunRecord) -> Result<String> {
+    let run = rec.id.clone();
+    let Some(trial) = rec.trial.clone() else {
+        return Err(Error::Other("no trial prepared".into()));
+    };
+    let cfg_path = Path::new(GRUB_DIR).join("grub.cfg");
+    let mut cfg = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| Error::io(format!("cannot read {}", cfg_path.display()), e))?;
+    if !grub::sources_guard_cfg(&cfg) {
+        // guard's generator is installed but update-grub has not run since
+        if Path::new("/etc/grub.d/42_guard").exists() {
+            system_command("update-grub")?.run_checked()?;
+            cfg = std::fs::read_to_string(&cfg_path)
+                .map_err(|e| Error::io(format!("cannot read {}", cfg_path.display()), e))?;
+        }
+        if !grub::sources_guard_cfg(&cfg) {
+            return Err(Error::Other(
+                "grub.cfg does not source guard.cfg: install /etc/grub.d/42_guard (the guard package) and run update-grub".into(),
+            ));
+        }
+    }
+    let body = grub::first_entry(&cfg)
+        .ok_or_else(|| Error::Other("grub.cfg has no menu entry".into()))?;
+    let new_kernel = grub::linux_line(&body).map(|l| l.path).unwrap_or_default();
+    let merge: Vec<String> = rec
+        .targets
+        .iter()
+        .map(|t| format!("{}/{}", t.vg, t.snapshot))
+        .collect();
+    let text = grub::render(&grub::TrialEntries {
+        run: &run,
+        body: &body,
+        old_release: &trial.old_release,
+        merge: &merge,
+        panic_secs: PANIC_SECS,
+    })
+    .map_err(Error::Other)?;
+    let dropin = Path::new(DEADLINE_DROPIN);
+    if let Some(d) = dropin.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+    }
+    write_atomic(
+        dropin,
+        &format!(
+            "# guard: the deadline of the trial boot of run {run}\n[Unit]\nJobTimeoutSec={}s\n",
+            trial.deadline_secs
+        ),
+    )?;
+    write_atomic(&Path::new(GRUB_DIR).join("guard.cfg"), &text)?;
+    // the counter last: until it is set the entries are inert
+    editenv(&["set", "guard_trial=armed", &format!("guard_run={run}")])?;
+    if let Some(t) = rec.trial.as_mut() {
+        t.state = TrialState::Armed;
+    }
+    Ok(format!(
+        "trial boot armed: the next boot runs {new_kernel} once; unless it is confirmed healthy within {} (guard-confirm.service after multi-user.target), the boot after it rolls back to before run {run} on kernel {} — reboot when ready",
+        humantime::format_duration(std::time::Duration::from_secs(trial.deadline_secs)),
+        trial.old_release
+    ))
+}
+
+/// Ends a trial: GRUB's entries and counter, the deadline and the copies go. Safe to call
+/// again; says what it could not remove.
+pub fn disarm(rec: &mut RunRecord, state: TrialState, note: Option<String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(t) = rec.trial.as_mut() else {
+        return problems;
+    };
+    let run = rec.id.clone();
+    if let Ok(list) = system_command("grub-editenv").and_then(|mut c| {
+        c.arg(Path::new(GRUB_DIR).join("grubenv"))
+            .arg("list")
+            .run_checked()
+    }) {
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
+        // only our own counter: another run's trial is left alone
+        if grub::env_value(&list, "guard_run") == Some(run.as_str()) {
+            if let Err(e) = editenv(&["unset", "guard_trial", "guard_run"]) {
+                problems.push(format!("cannot clear GRUB's trial counter: {e}"));
+            }
+        }
+    }
+    let cfg = Path::new(GRUB_DIR).join("guard.cfg");
+    if std::fs::read_to_string(&cfg).is_ok_and(|c| c.contains(&format!("run {run}"))) {
+        if let Err(e) = std::fs::remove_file(&cfg) {
+            problems.push(format!("cannot remove {}: {e}", cfg.display()));
+        }
+    }
+    let _ = std::fs::remove_file(DEADLINE_DROPIN);
+    let dir = copies_dir(&run);
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            problems.push(format!("cannot remove {}: {e}", dir.display()));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new(BOOT).join("guard"));
+    nix::unistd::sync();
+    t.state = state;
+    t.note = note;
+    problems
+}
+
+/// `guard trial confirm` (guard-confirm.service, after multi-user.target in a trial boot):
+/// healthy when no unit failed that had not failed before the change and the policy's boot
+/// checks pass. Healthy: the trial ends, the run stays kept. Not: exit 1, and the unit's
+/// FailureAction reboots into the fallback (GRUB's counter already points there).
+pub fn confirm(lvm: &dyn crate::lvm::Lvm, journal: &crate::store::journal::Journal) -> Result<i32> {
+    let Some(run) = booted_for("guard.trial") else {
+        ui::say("not a trial boot (no guard.trial= on the kernel command line): nothing to confirm");
+        return Ok(0);
+    };
+    let held = crate::ops::hold(lvm, journal, &run, "trial confirm")?;
+    let mut rec = held.rec.clone();
+    let Some(trial) = rec.trial.clone() else {
+        ui::warn(&format!("run {run} has no trial: nothing to confirm"));
+        return Ok(0);
+    };
+    if trial.state != TrialState::Armed {
+        ui::say(&format!("the trial of run {run} is {}: nothing to confirm", trial.state.as_str()));
+        return Ok(0);
+    }
+    let new_failed: Vec<String> = failed_units()
+        .into_iter()
+        .filter(|u| !trial.failed_before.contains(u))
+        .collect();
+    let mut why = (!new_failed.is_empty()).then(|| {
+        format!(
+            "units failed in the trial boot that had not failed before the change: {}",
+            new_failed.join(", ")
+        )
+    });
+    if why.is_none() {
+        let checks = rec
+            .policy
+            .as_deref()
+            .and_then(|p| crate::cli::policy::load_recorded(p).ok())
+            .map(|p| p.boot_checks)
+            .unwrap_or_default();
+        let env = crate::run::hooks::HookEnv::for_record(&rec);
+        why = crate::run::hooks::run_checks(&checks, &env);
+    }
+    let id = boot_id();
+    match why {
+        None => {
+            let problems = disarm(&mut rec, TrialState::Confirmed, None);
+            if let Some(t) = rec.trial.as_mut() {
+                t.boot_id = id;
+            }
+            journal.write(&mut rec)?;
+            for p in &problems {
+                ui::warn(p);
+            }
+            ui::event(
+                crate::log::Kind::Kept,
+                &format!(
+                    "run {run}: trial boot confirmed healthy; the fallback entry is removed and the run stays kept (`guard commit {run}` or `guard rollback {run}`)"
+                ),
+                &[],
+            );
+            Ok(0)
+        }
+        Some(why) => {
+            if let Some(t) = rec.trial.as_mut() {
+                t.note = Some(why.clone());
+                t.boot_id = id;
+            }
+            // this record is on the / that the fallback rolls back: the console and the
+            // journal of this boot are where the reason is kept
+            let _ = journal.write(&mut rec);
+            ui::error(&format!(
+                "run {run}: trial boot failed: {why}; rebooting to the fallback (the state before the run)"
+            ));
+            Ok(1)
+        }
+    }
+}
+
+/// `guard recover` in the fallback boot: say what happened to the trial.
+pub fn note_fallback(rec: &mut RunRecord) -> bool {
+    if booted_for("guard.fallback").as_deref() != Some(rec.id.as_str()) {
+        return false;
+    }
+    let Some(t) = rec.trial.as_mut() else {
+        return false;
+    };
+    if t.state == TrialState::FellBack {
+        return false;
+    }
+    t.state = TrialState::FellBack;
+    t.boot_id = boot_id();
+    t.note = Some(
+        "the trial boot was not confirmed (a panic, a hang past its deadline, or a failed check): GRUB booted the fallback, which rolled the change back".into(),
+    );
+    true
+}
