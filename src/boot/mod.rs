@@ -89,7 +89,7 @@ pub fn check_chain(table: &[crate::mounts::Mount]) -> Result<Chain> {
         };
         return Err(refuse(
             format!("{other}: a trial boot needs GRUB (grub-pc or grub-efi)"),
-            "run the change without --trial-boot (`guard rollback RUN` and a reboot still undo it)",
+            "run it without a trial boot (--no-trial-boot; `guard rollback RUN` and a reboot still undo the change)",
         ));
     }
     if crate::exec::find_program("grub-editenv").is_none() {

@@ -47,6 +47,10 @@ mkdir -p /srv/pol; printf 'description = "x"\n' > /srv/pol/p.toml; chown 1000 /s
 refuse 125 'folder /srv/pol is owned by uid 1000, not root' guard --policy /srv/pol/p.toml --lv vg/data -- true
 refuse 125 'no policy named apd.*did you mean apt' guard --policy apd --lv vg/data -- true
 refuse 125 'is not a command' guard --lv vg/data --check '' -- true
+# a trial boot: needs the snapshots kept, and GRUB (this VM boots without one)
+refuse 125 'trial boot needs the snapshots kept.*--keep 1d' guard --trial-boot --lv vg/data -- true
+refuse 125 'trial-boot: no /boot/grub/grub.cfg: a trial boot needs GRUB.*nothing was changed' guard --trial-boot --keep 1h --lv vg/data -- true
+refuse 125 'trial-boot: no /boot/grub/grub.cfg' guard --policy kernel-upgrade --lv vg/data -- true
 # a hyphenated, long LV name works end to end (dm names double the hyphens)
 long=a-very-long-name-with-many-hyphens-$(printf 'x%.0s' $(seq 1 60))
 lvcreate -q -y -L 16M -n "$long" vg >/dev/null
