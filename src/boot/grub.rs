@@ -168,7 +168,9 @@ if [ \"${{guard_run}}\" = \"{run}\" ]; then\n\
   fi\n\
 fi\n"
     );
-    s += &format!("menuentry 'guard: trial boot of run {run} (the new state)' --id guard-trial {{\n");
+    s += &format!(
+        "menuentry 'guard: trial boot of run {run} (the new state)' --id guard-trial {{\n"
+    );
     for l in trial {
         s += &l;
         s.push('\n');
@@ -280,7 +282,9 @@ fi
         assert!(s.contains(&format!(
             "\tlinux /guard/{run}/vmlinuz-6.1.0-28-amd64 root=/dev/mapper/vg0-root ro console=ttyS0 panic=10 guard.fallback={run} guard.merge=vg0/root-guard-x\n"
         )));
-        assert!(s.contains(&format!("\tinitrd /guard/{run}/initrd.img-6.1.0-28-amd64\n")));
+        assert!(s.contains(&format!(
+            "\tinitrd /guard/{run}/initrd.img-6.1.0-28-amd64\n"
+        )));
         // the trial boots the new kernel's own initramfs
         assert!(s.contains("\tinitrd\t/initrd.img-6.1.0-99-guardtest\n"));
         assert_eq!(s.matches("menuentry ").count(), 2);

@@ -93,7 +93,10 @@ pub fn check_chain(table: &[crate::mounts::Mount]) -> Result<Chain> {
         ));
     }
     if crate::exec::find_program("grub-editenv").is_none() {
-        return Err(refuse("grub-editenv not found", "apt-get install grub-common"));
+        return Err(refuse(
+            "grub-editenv not found",
+            "apt-get install grub-common",
+        ));
     }
     // GRUB writes its counter (save_env) in place, block by block: only on a plain
     // filesystem, never on LVM, RAID or an encrypted device.
@@ -149,11 +152,14 @@ pub fn check_chain(table: &[crate::mounts::Mount]) -> Result<Chain> {
                 "{} does not hold guard's fallback script ({INITRAMFS_SCRIPT})",
                 initrd.display()
             ),
-            format!("run `update-initramfs -u -k {release}` (the guard package installs the script)"),
+            format!(
+                "run `update-initramfs -u -k {release}` (the guard package installs the script)"
+            ),
         ));
     }
     let need = size(&kernel) + size(&initrd);
-    let st = nix::sys::statvfs::statvfs(BOOT).map_err(|e| Error::Other(format!("statvfs /boot: {e}")))?;
+    let st = nix::sys::statvfs::statvfs(BOOT)
+        .map_err(|e| Error::Other(format!("statvfs /boot: {e}")))?;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     // room for the copies and for the new kernel the change installs
     let want = need * 2 + (16 << 20);
@@ -183,7 +189,13 @@ fn failed_units() -> Vec<String> {
     let Ok(mut c) = system_command("systemctl") else {
         return vec![];
     };
-    c.args(["list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"]);
+    c.args([
+        "list-units",
+        "--state=failed",
+        "--plain",
+        "--no-legend",
+        "--no-pager",
+    ]);
     match c.run_checked() {
         Ok(o) => String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -209,7 +221,10 @@ pub fn prepare(run: &str, chain: &Chain, deadline_secs: u64) -> Result<Trial> {
         let dst = dir.join(name);
         std::fs::copy(src, &dst).map_err(|e| {
             let _ = std::fs::remove_dir_all(&dir);
-            Error::io(format!("cannot copy {} to {}", src.display(), dst.display()), e)
+            Error::io(
+                format!("cannot copy {} to {}", src.display(), dst.display()),
+                e,
+            )
         })?;
     }
     nix::unistd::sync();
@@ -236,10 +251,12 @@ fn editenv(args: &[&str]) -> Result<()> {
 /// or the new one, never half of one).
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = path.with_extension("guard-tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    std::fs::write(&tmp, text)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
     let f = std::fs::File::open(&tmp).map_err(|e| Error::io("open", e))?;
     let _ = f.sync_all();
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     nix::unistd::sync();
     Ok(())
 }
@@ -266,8 +283,8 @@ pub fn arm(rec: &mut RunRecord) -> Result<String> {
             ));
         }
     }
-    let body = grub::first_entry(&cfg)
-        .ok_or_else(|| Error::Other("grub.cfg has no menu entry".into()))?;
+    let body =
+        grub::first_entry(&cfg).ok_or_else(|| Error::Other("grub.cfg has no menu entry".into()))?;
     let new_kernel = grub::linux_line(&body).map(|l| l.path).unwrap_or_default();
     let merge: Vec<String> = rec
         .targets
@@ -284,7 +301,8 @@ pub fn arm(rec: &mut RunRecord) -> Result<String> {
     .map_err(Error::Other)?;
     let dropin = Path::new(DEADLINE_DROPIN);
     if let Some(d) = dropin.parent() {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
     }
     write_atomic(
         dropin,
@@ -353,7 +371,9 @@ pub fn disarm(rec: &mut RunRecord, state: TrialState, note: Option<String>) -> V
 /// FailureAction reboots into the fallback (GRUB's counter already points there).
 pub fn confirm(lvm: &dyn crate::lvm::Lvm, journal: &crate::store::journal::Journal) -> Result<i32> {
     let Some(run) = booted_for("guard.trial") else {
-        ui::say("not a trial boot (no guard.trial= on the kernel command line): nothing to confirm");
+        ui::say(
+            "not a trial boot (no guard.trial= on the kernel command line): nothing to confirm",
+        );
         return Ok(0);
     };
     let held = crate::ops::hold(lvm, journal, &run, "trial confirm")?;
@@ -363,7 +383,10 @@ pub fn confirm(lvm: &dyn crate::lvm::Lvm, journal: &crate::store::journal::Journ
         return Ok(0);
     };
     if trial.state != TrialState::Armed {
-        ui::say(&format!("the trial of run {run} is {}: nothing to confirm", trial.state.as_str()));
+        ui::say(&format!(
+            "the trial of run {run} is {}: nothing to confirm",
+            trial.state.as_str()
+        ));
         return Ok(0);
     }
     let new_failed: Vec<String> = failed_units()

@@ -414,9 +414,9 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         save_unless_on_lvm: p.save_unless_on_lvm.clone(),
         policy: policy.map(Policy::recorded).or_else(|| a.policy.clone()),
         trial_boot,
-        trial_deadline: p
-            .trial_deadline
-            .unwrap_or(std::time::Duration::from_secs(crate::boot::DEFAULT_DEADLINE_SECS)),
+        trial_deadline: p.trial_deadline.unwrap_or(std::time::Duration::from_secs(
+            crate::boot::DEFAULT_DEADLINE_SECS,
+        )),
     })
 }
 
@@ -789,6 +789,49 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_trial_boot_needs_kept_snapshots_and_the_policy_can_be_overridden() {
+        let opts = |args: &[&str], policy: Option<&Policy>| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            build_run_options(&cli.run, policy)
+        };
+        let e = opts(
+            &["guard", "--trial-boot", "--lv", "vg/a", "--", "true"],
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--keep 1d"), "{e}");
+        let o = opts(
+            &[
+                "guard",
+                "--trial-boot",
+                "--keep",
+                "1d",
+                "--lv",
+                "vg/a",
+                "--",
+                "true",
+            ],
+            None,
+        )
+        .unwrap();
+        assert!(o.trial_boot);
+        assert_eq!(
+            o.trial_deadline.as_secs(),
+            crate::boot::DEFAULT_DEADLINE_SECS
+        );
+        let k = crate::cli::policy::load("kernel-upgrade").unwrap();
+        assert!(k.trial_boot, "the kernel-upgrade policy arms a trial boot");
+        let o = opts(&["guard", "--", "true"], Some(&k)).unwrap();
+        assert!(o.trial_boot);
+        let o = opts(&["guard", "--no-trial-boot", "--", "true"], Some(&k)).unwrap();
+        assert!(!o.trial_boot, "--no-trial-boot wins over the policy");
+        assert!(
+            Cli::try_parse_from(["guard", "--trial-boot", "--no-trial-boot", "--", "true"])
+                .is_err()
+        );
     }
 
     #[test]

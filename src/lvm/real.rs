@@ -158,12 +158,47 @@ impl Lvm for RealLvm {
         let name = format!("{vg}/{lv}");
         let start = Instant::now();
         let mut polled = false;
+        // progress: the merging snapshot's use falls as its chunks are copied back
+        let mut first: Option<f64> = None;
+        let mut said = Instant::now();
         loop {
             let lvs = self.lvs()?;
             let origin = super::find(&lvs, vg, lv)
                 .ok_or_else(|| Error::Other(format!("{name} disappeared while merging")))?;
             if !origin.merging {
+                if first.is_some() {
+                    crate::ui::say(&format!(
+                        "{name}: merge complete in {:.1}s",
+                        start.elapsed().as_secs_f64()
+                    ));
+                }
                 return Ok(());
+            }
+            let snap = lvs
+                .iter()
+                .find(|s| s.vg == vg && s.origin.as_deref() == Some(lv) && s.merging);
+            if let Some((pct, size)) = snap.and_then(|s| s.snap_percent.map(|p| (p, s.size))) {
+                let p0 = *first.get_or_insert(pct);
+                if said.elapsed() >= Duration::from_secs(5) {
+                    said = Instant::now();
+                    let done = if p0 > 0.0 {
+                        (p0 - pct) / p0 * 100.0
+                    } else {
+                        100.0
+                    };
+                    let bytes = (p0 - pct).max(0.0) / 100.0 * size as f64;
+                    let rate = bytes / start.elapsed().as_secs_f64().max(0.1);
+                    let left = pct / 100.0 * size as f64;
+                    let eta = if rate > 0.0 {
+                        format!(", about {:.0}s left", left / rate)
+                    } else {
+                        String::new()
+                    };
+                    crate::ui::say(&format!(
+                        "{name}: rolling back, {done:.0}% of the changed data merged ({:.1} MiB/s{eta})",
+                        rate / (1 << 20) as f64
+                    ));
+                }
             }
             // an invalidated snapshot never finishes merging: say so instead of waiting
             if let Some(s) = lvs

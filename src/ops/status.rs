@@ -145,7 +145,10 @@ pub fn human_text(st: &Status) -> String {
             s += &format!("  kept until {k}\n");
         }
         if let Some(t) = &r.trial {
-            s += &format!("  trial boot: {} (fallback kernel {})", t.state, t.old_kernel);
+            s += &format!(
+                "  trial boot: {} (fallback kernel {})",
+                t.state, t.old_kernel
+            );
             if let Some(n) = &t.note {
                 s += &format!(": {n}");
             }
