@@ -140,7 +140,7 @@ _guard() {
 
     case "${cmd}" in
         guard)
-            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --trial-boot --no-trial-boot --dry-run --wait --json --report --quiet --help --version snapshot status recover commit resume rollback trial dm-status watch policy man completions help"
+            opts="-q -h -V --policy --lv --mount --size --timeout --check --on-failure --on-success --keep --extend-at --when-full --no-freeze --finish --trial-boot --no-trial-boot --trial-deadline --dry-run --wait --json --report --quiet --help --version snapshot status recover commit resume rollback trial dm-status watch policy man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -188,6 +188,10 @@ _guard() {
                     ;;
                 --when-full)
                     COMPREPLY=($(compgen -W "freeze rollback continue" -- "${cur}"))
+                    return 0
+                    ;;
+                --trial-deadline)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --report)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_guard_global_optspecs
-    string join \n policy= lv= mount= size= timeout= check= on-failure= on-success= keep= extend-at= when-full= no-freeze finish trial-boot no-trial-boot dry-run wait json report= q/quiet h/help V/version
+    string join \n policy= lv= mount= size= timeout= check= on-failure= on-success= keep= extend-at= when-full= no-freeze finish trial-boot no-trial-boot trial-deadline= dry-run wait json report= q/quiet h/help V/version
 end
 
 function __fish_guard_needs_command
@@ -40,6 +40,7 @@ complete -c guard -n "__fish_guard_needs_command" -l extend-at -d 'Extend a snap
 complete -c guard -n "__fish_guard_needs_command" -l when-full -d 'When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue [default: freeze]' -r -f -a "freeze\t'Freeze the filesystem and hold the command until `guard resume` or `guard rollback`'
 rollback\t'Stop the command and roll back'
 continue\t'Let the snapshot fill: the operator accepts losing the rollback point'"
+complete -c guard -n "__fish_guard_needs_command" -l trial-deadline -d 'How long a trial boot has to come up healthy before it is rebooted into the fallback [default: the policy\'s, else 10m]' -r
 complete -c guard -n "__fish_guard_needs_command" -l report -d 'Write the final report as JSON to FILE' -r -F
 complete -c guard -n "__fish_guard_needs_command" -l no-freeze -d 'Do not hold a set of volumes at one moment while snapshotting it (each LV is still snapshotted with its filesystem frozen by lvm2)'
 complete -c guard -n "__fish_guard_needs_command" -l finish -d 'If a rollback is deferred because a target is mounted, unmount it to finish now (not /)'

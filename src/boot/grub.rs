@@ -157,8 +157,13 @@ load_env guard_trial guard_run\n\
 if [ \"${{guard_run}}\" = \"{run}\" ]; then\n\
   if [ \"${{guard_trial}}\" = \"armed\" ]; then\n\
     set guard_trial=booting\n\
-    save_env guard_trial\n\
-    set default=\"guard-trial\"\n\
+    # the trial only once the counter says so: a trial that panics must not boot again\n\
+    if save_env guard_trial; then\n\
+      set default=\"guard-trial\"\n\
+      set fallback=\"guard-fallback\"\n\
+    else\n\
+      set default=\"guard-fallback\"\n\
+    fi\n\
   elif [ \"${{guard_trial}}\" = \"booting\" ]; then\n\
     set guard_trial=fallback\n\
     save_env guard_trial\n\

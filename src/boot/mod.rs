@@ -27,6 +27,12 @@ pub const BOOT: &str = "/boot";
 const GRUB_DIR: &str = "/boot/grub";
 /// The trial's deadline, for guard-trial.target (a drop-in: the unit ships a default).
 const DEADLINE_DROPIN: &str = "/etc/systemd/system/guard-trial.target.d/guard-deadline.conf";
+/// guard-trial.target is pulled into the boot only while a trial is armed: its job timeout
+/// counts from the start of every boot it is part of, and must never reboot an ordinary boot
+/// (nor the fallback's, whose merge may take long). On /, so the fallback's rollback of /
+/// removes it with the rest of the trial.
+const TARGET_WANTS: &str = "/etc/systemd/system/multi-user.target.wants/guard-trial.target";
+const TARGET_UNIT: &str = "/lib/systemd/system/guard-trial.target";
 const INITRAMFS_SCRIPT: &str = "scripts/local-premount/guard";
 /// A panicking trial kernel reboots after this many seconds (to the fallback).
 const PANIC_SECS: u32 = 10;
@@ -51,6 +57,59 @@ pub fn booted_for(key: &str) -> Option<String> {
     grub::cmdline_value(&cmdline(), key)
         .filter(|r| crate::store::journal::valid_run_id(r))
         .map(str::to_string)
+}
+
+/// GRUB's own version: a change that upgrades GRUB puts a new core image in the boot sector,
+/// which the fallback's old /boot (its modules) would not match.
+fn grub_version() -> Option<String> {
+    let out = system_command("dpkg-query")
+        .ok()?
+        .args(["-W", "-f", "${Version}", "grub-common"])
+        .run_checked()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|v| !v.is_empty())
+}
+
+/// A trial still pending (prepared or armed in the journal, or GRUB's counter set): another
+/// change to / or /boot now would tangle the two (the second run's copy of /boot would hold the
+/// first one's trial, and a fallback would merge one run's snapshot under the other's).
+pub fn refuse_if_pending(journal: &crate::store::journal::Journal) -> Result<()> {
+    let (records, _) = journal.list();
+    let pending = records.iter().find(|r| {
+        r.phase != crate::model::record::Phase::Done
+            && matches!(
+                r.trial.as_ref().map(|t| t.state),
+                Some(TrialState::Prepared | TrialState::Armed | TrialState::FellBack)
+            )
+    });
+    let env_run = system_command("grub-editenv")
+        .ok()
+        .and_then(|mut c| {
+            c.arg(Path::new(GRUB_DIR).join("grubenv"))
+                .arg("list")
+                .run_checked()
+                .ok()
+        })
+        .and_then(|o| {
+            let list = String::from_utf8_lossy(&o.stdout).into_owned();
+            grub::env_value(&list, "guard_run").map(str::to_string)
+        });
+    let run = pending.map(|r| r.id.clone()).or(env_run);
+    match run {
+        Some(run) => Err(Error::refused(
+            format!("the trial boot of run {run} is still pending (GRUB's counter or the journal): a change to / or /boot now would be tangled with it; nothing was changed"),
+            format!("reboot to finish the trial, or end it first: `guard commit {run}` or `guard rollback {run}`"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Removes the copies of a run whose trial never started (aborted, refused, recovered).
+pub fn discard_copies(run: &str) {
+    if crate::store::journal::valid_run_id(run) {
+        let _ = std::fs::remove_dir_all(copies_dir(run));
+        let _ = std::fs::remove_dir(Path::new(BOOT).join("guard"));
+    }
 }
 
 fn running_release() -> Result<String> {
@@ -206,6 +265,83 @@ fn failed_units() -> Vec<String> {
     }
 }
 
+fn systemctl_lines(args: &[&str]) -> Vec<String> {
+    let Ok(mut c) = system_command("systemctl") else {
+        return vec![];
+    };
+    c.args(args);
+    // `is-enabled` exits non-zero when one unit is not enabled; its lines are still wanted
+    match c.output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Enabled services running now (a login's user@ service or a timer's run are neither): the
+/// server's own services, which a healthy boot starts again.
+fn enabled_active_services() -> Vec<String> {
+    let active: Vec<String> = systemctl_lines(&[
+        "list-units",
+        "--type=service",
+        "--state=active",
+        "--plain",
+        "--no-legend",
+        "--no-pager",
+    ])
+    .iter()
+    .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+    .filter(|u| !u.starts_with("guard-"))
+    .collect();
+    if active.is_empty() {
+        return active;
+    }
+    let mut args = vec!["is-enabled"];
+    args.extend(active.iter().map(String::as_str));
+    let states = systemctl_lines(&args);
+    active
+        .into_iter()
+        .zip(states)
+        .filter(|(_, st)| st == "enabled")
+        .map(|(u, _)| u)
+        .collect()
+}
+
+/// The services of `units` not running in this boot: waits (up to `settle`) for those still
+/// starting or restarting, so a service in a restart loop is judged by where it ends.
+fn not_running(units: &[String], settle: std::time::Duration) -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let mut args = vec!["show", "-p", "LoadState,ActiveState", "--value"];
+        args.extend(units.iter().map(String::as_str));
+        // two lines per unit (LoadState, ActiveState), then an empty line between units
+        let lines: Vec<String> = systemctl_lines(&args)
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect();
+        let states: Vec<(&String, &str, &str)> = units
+            .iter()
+            .zip(lines.chunks(2))
+            .map(|(u, c)| (u, c.first().map_or("", |s| s), c.get(1).map_or("", |s| s)))
+            .collect();
+        let starting = states.iter().any(|(_, load, act)| {
+            *load == "loaded" && matches!(*act, "activating" | "reloading" | "deactivating")
+        });
+        let down: Vec<String> = states
+            .iter()
+            // a unit the change removed is not the boot's fault
+            .filter(|(_, load, act)| *load == "loaded" && *act != "active")
+            .map(|(u, _, act)| format!("{u} ({act})"))
+            .collect();
+        if down.is_empty() || !starting || start.elapsed() >= settle {
+            return down;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
 /// Copies the running kernel and initramfs where no package removes them (boom's lesson: an
 /// entry whose kernel was removed boots nothing). Before the change, after /boot is saved.
 pub fn prepare(run: &str, chain: &Chain, deadline_secs: u64) -> Result<Trial> {
@@ -230,9 +366,11 @@ pub fn prepare(run: &str, chain: &Chain, deadline_secs: u64) -> Result<Trial> {
     nix::unistd::sync();
     Ok(Trial {
         state: TrialState::Prepared,
+        grub_version: grub_version(),
         old_release: chain.release.clone(),
         deadline_secs,
         failed_before: failed_units(),
+        active_before: enabled_active_services(),
         boot_id: None,
         note: None,
     })
@@ -262,11 +400,18 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 }
 
 /// After the change ended kept: the next boot is the trial. Returns what to tell the operator.
-pub fn arm(rec: &mut RunRecord) -> Result<String> {
+pub fn arm(rec: &mut RunRecord, journal: &crate::store::journal::Journal) -> Result<String> {
     let run = rec.id.clone();
     let Some(trial) = rec.trial.clone() else {
         return Err(Error::Other("no trial prepared".into()));
     };
+    if trial.grub_version.is_some() && grub_version() != trial.grub_version {
+        return Err(Error::Other(format!(
+            "the change upgraded GRUB ({} to {}): the fallback would boot the old /boot's modules with the new boot sector",
+            trial.grub_version.as_deref().unwrap_or("?"),
+            grub_version().as_deref().unwrap_or("none")
+        )));
+    }
     let cfg_path = Path::new(GRUB_DIR).join("grub.cfg");
     let mut cfg = std::fs::read_to_string(&cfg_path)
         .map_err(|e| Error::io(format!("cannot read {}", cfg_path.display()), e))?;
@@ -311,12 +456,24 @@ pub fn arm(rec: &mut RunRecord) -> Result<String> {
             trial.deadline_secs
         ),
     )?;
+    if !Path::new(TARGET_WANTS).exists() {
+        if let Some(d) = Path::new(TARGET_WANTS).parent() {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
+        }
+        std::os::unix::fs::symlink(TARGET_UNIT, TARGET_WANTS)
+            .map_err(|e| Error::io(format!("cannot create {TARGET_WANTS}"), e))?;
+    }
     write_atomic(&Path::new(GRUB_DIR).join("guard.cfg"), &text)?;
-    // the counter last: until it is set the entries are inert
-    editenv(&["set", "guard_trial=armed", &format!("guard_run={run}")])?;
+    // Armed in the journal before GRUB's counter: a crash between the two leaves a record that
+    // the trial boot can confirm, never a trial that nothing confirms.
     if let Some(t) = rec.trial.as_mut() {
         t.state = TrialState::Armed;
     }
+    journal.write(rec)?;
+    // the counter last: until it is set the entries are inert
+    editenv(&["set", "guard_trial=armed", &format!("guard_run={run}")])?;
+    nix::unistd::sync();
     Ok(format!(
         "trial boot armed: the next boot runs {new_kernel} once; unless it is confirmed healthy within {} (guard-confirm.service after multi-user.target), the boot after it rolls back to before run {run} on kernel {} — reboot when ready",
         humantime::format_duration(std::time::Duration::from_secs(trial.deadline_secs)),
@@ -351,7 +508,10 @@ pub fn disarm(rec: &mut RunRecord, state: TrialState, note: Option<String>) -> V
             problems.push(format!("cannot remove {}: {e}", cfg.display()));
         }
     }
-    let _ = std::fs::remove_file(DEADLINE_DROPIN);
+    if std::fs::read_to_string(DEADLINE_DROPIN).is_ok_and(|c| c.contains(&format!("run {run}"))) {
+        let _ = std::fs::remove_file(DEADLINE_DROPIN);
+        let _ = std::fs::remove_file(TARGET_WANTS);
+    }
     let dir = copies_dir(&run);
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -376,8 +536,10 @@ pub fn confirm(lvm: &dyn crate::lvm::Lvm, journal: &crate::store::journal::Journ
         );
         return Ok(0);
     };
-    let held = crate::ops::hold(lvm, journal, &run, "trial confirm")?;
-    let mut rec = held.rec.clone();
+    // Waits for the lock: a `guard recover` or the watcher holding it for a moment must not
+    // fail a healthy trial (the unit's own timeout bounds the wait).
+    let _lock = crate::store::lock::lock_run(&run, "guard trial confirm", true)?;
+    let mut rec = crate::ops::recover::load_run(lvm, journal, &run)?;
     let Some(trial) = rec.trial.clone() else {
         ui::warn(&format!("run {run} has no trial: nothing to confirm"));
         return Ok(0);
@@ -393,12 +555,20 @@ pub fn confirm(lvm: &dyn crate::lvm::Lvm, journal: &crate::store::journal::Journ
         .into_iter()
         .filter(|u| !trial.failed_before.contains(u))
         .collect();
-    let mut why = (!new_failed.is_empty()).then(|| {
-        format!(
+    let down = not_running(&trial.active_before, std::time::Duration::from_secs(90));
+    let mut why = if !down.is_empty() {
+        Some(format!(
+            "services that ran before the change do not run in the trial boot: {}",
+            down.join(", ")
+        ))
+    } else if !new_failed.is_empty() {
+        Some(format!(
             "units failed in the trial boot that had not failed before the change: {}",
             new_failed.join(", ")
-        )
-    });
+        ))
+    } else {
+        None
+    };
     if why.is_none() {
         let checks = rec
             .policy
@@ -459,7 +629,7 @@ pub fn note_fallback(rec: &mut RunRecord) -> bool {
     t.state = TrialState::FellBack;
     t.boot_id = boot_id();
     t.note = Some(
-        "the trial boot was not confirmed (a panic, a hang past its deadline, or a failed check): GRUB booted the fallback, which rolled the change back".into(),
+        "the trial boot was not confirmed (a panic, a hang past its deadline, or a failed check): GRUB booted the fallback entry".into(),
     );
     true
 }

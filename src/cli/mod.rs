@@ -116,6 +116,10 @@ pub struct RunArgs {
     /// Do not arm a trial boot, even if the policy asks for one
     #[arg(long)]
     pub no_trial_boot: bool,
+    /// How long a trial boot has to come up healthy before it is rebooted into the fallback
+    /// [default: the policy's, else 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub trial_deadline: Option<String>,
     /// Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -207,6 +211,7 @@ impl SnapshotArgs {
             finish: false,
             trial_boot: false,
             no_trial_boot: true,
+            trial_deadline: None,
             dry_run: self.dry_run,
             wait: self.wait,
             json: self.json,
@@ -414,9 +419,12 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         save_unless_on_lvm: p.save_unless_on_lvm.clone(),
         policy: policy.map(Policy::recorded).or_else(|| a.policy.clone()),
         trial_boot,
-        trial_deadline: p.trial_deadline.unwrap_or(std::time::Duration::from_secs(
-            crate::boot::DEFAULT_DEADLINE_SECS,
-        )),
+        trial_deadline: match &a.trial_deadline {
+            Some(s) => parse_duration("--trial-deadline", s)?,
+            None => p
+                .trial_deadline
+                .unwrap_or(Duration::from_secs(crate::boot::DEFAULT_DEADLINE_SECS)),
+        },
     })
 }
 

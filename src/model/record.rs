@@ -201,6 +201,9 @@ impl Trial {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Trial {
     pub state: TrialState,
+    /// grub-common's version before the change (arming is refused when the change upgraded it).
+    #[serde(default)]
+    pub grub_version: Option<String>,
     /// The kernel release that ran before the change (what the fallback boots).
     pub old_release: String,
     /// Seconds the trial boot has to be confirmed before systemd reboots it.
@@ -208,6 +211,9 @@ pub struct Trial {
     /// Units failed before the change: a trial boot is not blamed for them.
     #[serde(default)]
     pub failed_before: Vec<String>,
+    /// Enabled services running before the change: the trial boot must run them too.
+    #[serde(default)]
+    pub active_before: Vec<String>,
     /// The boot (/proc/sys/kernel/random/boot_id) that confirmed or fell back.
     #[serde(default)]
     pub boot_id: Option<String>,

@@ -301,6 +301,7 @@ fn recover_run(
     // the snapshot; the origin's tag says what really happened.
     // The fallback of a failed trial boot: its initramfs merged the snapshots back (and
     // tagged the origins). Without the tag it could not: nothing here may remove them.
+    let mut merge_tagged = merge_tagged;
     if rec.phase != Phase::Done
         && crate::boot::booted_for("guard.fallback").as_deref() == Some(id.as_str())
     {
@@ -308,6 +309,19 @@ fn recover_run(
             sum.did(format!(
                 "run {id}: the trial boot was not confirmed; this is its fallback boot (the state before the run)"
             ));
+        }
+        // the initramfs's merge is the evidence: tagged, or an origin merging its snapshot
+        merge_tagged |= rec.targets.iter().any(|t| {
+            lvm::find(&lvs, &t.vg, &t.lv).is_some_and(|o| o.merging)
+                && lvm::find(&lvs, &t.vg, &t.snapshot).is_some_and(|s| s.merging)
+        });
+        if merge_tagged && rec.phase != Phase::RollbackScheduled {
+            // whatever the record says (kept, when the journal is not on the rolled-back /):
+            // the rollback was decided at boot, and is completed like any other
+            rec.phase = Phase::RollingBack;
+            rec.outcome.get_or_insert(Outcome::Failure);
+            rec.final_state = Some(Final::RolledBack);
+            journal.write(rec)?;
         }
         if !merge_tagged {
             sum.failed(format!(
@@ -335,6 +349,7 @@ fn recover_run(
             for t in rec.targets.iter().rev() {
                 lvm.remove(&t.vg, &t.snapshot)?;
             }
+            crate::run::end_trial(rec, "aborted");
             rec.phase = Phase::Done;
             rec.outcome = Some(Outcome::Aborted);
             rec.final_state = Some(Final::Nothing);
@@ -408,6 +423,15 @@ fn recover_run(
         Phase::Committing => {
             run::commit(lvm, journal, rec)?;
             sum.did(format!("run {id}: snapshots removed (commit finished)"));
+        }
+        Phase::Kept
+            if rec.trial.as_ref().map(|t| t.state)
+                == Some(crate::model::record::TrialState::FellBack) =>
+        {
+            // its fallback could not merge: left to the operator, never to the expiry timer
+            sum.saw(format!(
+                "run {id}: its trial boot fell back but the snapshots were not merged: `guard rollback {id}` and a reboot complete the rollback"
+            ));
         }
         Phase::Kept => {
             if expire && expired(rec) {

@@ -108,7 +108,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     let sig = SignalState::install()?;
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
-    let planned = plan_stage(lvm, opts)?;
+    let planned = plan_stage(lvm, journal, opts)?;
     if opts.dry_run {
         let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
@@ -193,7 +193,7 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
     let sig = SignalState::install()?;
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
-    let planned = plan_stage(lvm, opts)?;
+    let planned = plan_stage(lvm, journal, opts)?;
     if opts.dry_run {
         let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
@@ -313,24 +313,38 @@ struct Planned {
 }
 
 /// plan: the targets, and the warnings about what a rollback will not reach.
-fn plan_stage(lvm: &dyn Lvm, opts: &RunOptions) -> Result<Planned> {
+fn plan_stage(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<Planned> {
     let table = crate::mounts::read()?;
     let resolved = plan::resolve(lvm, &table, &opts.request)?;
     let mut to_save = off_lvm(&resolved, &table, &opts.save_unless_on_lvm);
+    let root_lv = plan::lv_for_mount(&resolved.lvs, &table, std::path::Path::new("/"))
+        .ok()
+        .map(|(lv, _)| lv.clone());
+    let root_is_target = root_lv
+        .as_ref()
+        .is_some_and(|r| resolved.volumes().iter().any(|(v, _)| *v == r.uuid));
+    let boot = PathBuf::from(crate::boot::BOOT);
+    // (a copy is never a rollback point and saves nothing: it cannot tangle a trial)
+    if !opts.dry_run && opts.copy_root.is_none() && (root_is_target || to_save.contains(&boot)) {
+        crate::boot::refuse_if_pending(journal)?;
+    }
     // A trial boot's fallback boots the old kernel on the old /: both must come back, so /
     // is a target and /boot (a plain partition: GRUB writes its counter there) is saved.
     let chain = if opts.trial_boot && !opts.dry_run {
         let chain = crate::boot::check_chain(&table)?;
-        let root = plan::lv_for_mount(&resolved.lvs, &table, std::path::Path::new("/"))
-            .ok()
-            .map(|(lv, _)| lv.uuid.clone());
-        if !root.is_some_and(|u| resolved.volumes().iter().any(|(v, _)| *v == u)) {
+        if !root_is_target {
             return Err(Error::refused(
                 "--trial-boot: / is not among the targets (the fallback boots the old kernel, which needs the old / and /lib/modules); nothing was changed",
                 "add --mount / (the kernel-upgrade and apt policies protect /), or --no-trial-boot",
             ));
         }
-        let boot = PathBuf::from(crate::boot::BOOT);
+        // the fallback's initramfs handles a thick snapshot's merge; a thin one is not tested
+        if root_lv.as_ref().is_some_and(|r| r.pool.is_some()) {
+            return Err(Error::refused(
+                "--trial-boot: / is a thin volume; the trial boot's fallback supports thick snapshots of / only (so far); nothing was changed",
+                "run without a trial boot (--no-trial-boot); `guard rollback RUN` and a reboot still undo the change",
+            ));
+        }
         if !to_save.contains(&boot) {
             to_save.push(boot);
         }
@@ -449,14 +463,18 @@ fn snapshot_stage(
             )
         })?);
     }
-    journal.create_exclusive(&mut rec)?;
+    journal.create_exclusive(&mut rec).inspect_err(|_| {
+        crate::store::saved::discard(run_id);
+        crate::boot::discard_copies(run_id);
+    })?;
     ui::event(
         Kind::Plan,
         &format!("run {run_id}: protecting {}", names(plan)),
         &[("GUARD_COMMAND", lossy(&opts.command).join(" "))],
     );
     let step = Instant::now();
-    snapshot_set(lvm, journal, plan, &mut rec, opts)?;
+    snapshot_set(lvm, journal, plan, &mut rec, opts)
+        .inspect_err(|_| crate::boot::discard_copies(run_id))?;
     let held_from = holds.iter().map(|h| h.started).min().unwrap_or(step);
     for mut h in holds {
         h.end();
@@ -908,6 +926,7 @@ fn abort_after_snapshots(
     rec: &mut RunRecord,
     why: &str,
 ) -> Result<()> {
+    end_trial(rec, "aborted");
     let mut errors = Vec::new();
     for t in rec.targets.iter().rev() {
         if let Err(e) = lvm.remove(&t.vg, &t.snapshot) {
@@ -1039,7 +1058,7 @@ fn settle_trial(
     }
     let mut todo = result?;
     if kept_success {
-        match crate::boot::arm(rec) {
+        match crate::boot::arm(rec, journal) {
             Ok(msg) => {
                 ui::say(&msg);
                 todo.push(msg);
@@ -1152,17 +1171,19 @@ pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
 /// Ends a trial that is still prepared or armed (commit, rollback): GRUB boots normally again.
 pub fn end_trial(rec: &mut RunRecord, how: &str) {
     use crate::model::record::TrialState;
-    if matches!(
-        rec.trial.as_ref().map(|t| t.state),
-        Some(TrialState::Prepared | TrialState::Armed)
-    ) {
-        for p in crate::boot::disarm(
+    let problems = match rec.trial.as_ref().map(|t| (t.state, t.note.clone())) {
+        Some((TrialState::Prepared | TrialState::Armed, _)) => crate::boot::disarm(
             rec,
             TrialState::Ended,
             Some(format!("trial ended: the run was {how}")),
-        ) {
-            ui::warn(&p);
-        }
+        ),
+        // its fallback entry must not outlive the run (a commit would leave it booting the
+        // old kernel on the new / for good); what happened stays recorded
+        Some((TrialState::FellBack, note)) => crate::boot::disarm(rec, TrialState::FellBack, note),
+        _ => vec![],
+    };
+    for p in problems {
+        ui::warn(&p);
     }
 }
 

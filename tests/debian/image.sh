@@ -17,7 +17,8 @@
 # local-premount script in the initramfs, /etc/grub.d/42_guard; the recipe follows their content)
 # and the repository trial: linux-image-guardtest-panic (6.1.0-99-guardtest, sorts first: its
 # initramfs is empty, the kernel panics), linux-image-guardtest-good (6.1.0-98-guardtest, the
-# real kernel and initramfs under another name) and guardtest-sshbreak (sshd refuses its config
+# real kernel and initramfs under another name), guardtest-hang (a start-up job that never ends)
+# and guardtest-sshbreak (sshd refuses its config
 # from the next boot on).
 #
 # Steps: debootstrap (minbase) → packages and config in a host chroot (the initramfs is built
@@ -39,7 +40,7 @@ case $VARIANT in
   db) CACHE=${GUARD_DEBIAN_DB_CACHE:-$HOME/.cache/guard-debian-db}; RECIPE=db2
       PKGS="$PKGS mariadb-server mariadb-client postgresql-15 postgresql-client-15 rsync xfsprogs" ;;
   grub) CACHE=${GUARD_DEBIAN_GRUB_CACHE:-$HOME/.cache/guard-debian-grub}
-        RECIPE=grub1-$(cat "$top/dist/initramfs-tools/scripts/local-premount/guard" "$top/dist/grub.d/42_guard" | sha256sum | cut -c1-12)
+        RECIPE=grub2-$(cat "$top/dist/initramfs-tools/scripts/local-premount/guard" "$top/dist/grub.d/42_guard" | sha256sum | cut -c1-12)
         PKGS="$PKGS grub-pc" ;;
   *) echo "image.sh: unknown variant '$VARIANT' (base, db or grub)" >&2; exit 2 ;;
 esac
@@ -180,7 +181,14 @@ if [ "$VARIANT" = grub ]; then
   printf 'Package: guardtest-sshbreak\nVersion: 1.0\nArchitecture: all\nMaintainer: guard tests <root@localhost>\nDescription: guard test package: breaks sshd at the next boot\n' > "$d/DEBIAN/control"
   echo 'NoSuchOption yes' > "$d/etc/ssh/sshd_config.d/guardtest-broken.conf"
   dpkg-deb --root-owner-group --build "$d" pkgs/guardtest-sshbreak_1.0_all.deb >/dev/null
-  mkrepo trial pkgs/linux-image-guardtest-*_1.0_all.deb pkgs/guardtest-sshbreak_1.0_all.deb
+  # a unit that never ends, ordered before multi-user.target: the boot never gets there, so
+  # guard's confirmation never runs and the trial's deadline must end it (ssh still starts)
+  d=pkgsrc/guardtest-hang-1.0; mkdir -p "$d/DEBIAN" "$d/lib/systemd/system" "$d/etc/systemd/system/multi-user.target.wants"
+  printf 'Package: guardtest-hang\nVersion: 1.0\nArchitecture: all\nMaintainer: guard tests <root@localhost>\nDescription: guard test package: the next boot hangs before multi-user.target\n' > "$d/DEBIAN/control"
+  printf '[Unit]\nDescription=guard test: a start-up job that never ends\nBefore=multi-user.target\n[Service]\nType=oneshot\nExecStart=/bin/sleep infinity\nTimeoutStartSec=infinity\n[Install]\nWantedBy=multi-user.target\n' > "$d/lib/systemd/system/guardtest-hang.service"
+  ln -s /lib/systemd/system/guardtest-hang.service "$d/etc/systemd/system/multi-user.target.wants/guardtest-hang.service"
+  dpkg-deb --root-owner-group --build "$d" pkgs/guardtest-hang_1.0_all.deb >/dev/null
+  mkrepo trial pkgs/linux-image-guardtest-*_1.0_all.deb pkgs/guardtest-sshbreak_1.0_all.deb pkgs/guardtest-hang_1.0_all.deb
   cp -a repo/trial "$R/srv/repo/trial"
   # a list of its own: run.sh's repo() rewrites guardtest.list
   echo 'deb [trusted=yes] file:/srv/repo/trial ./' > "$R/etc/apt/sources.list.d/guardtest-trial.list"

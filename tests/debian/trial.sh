@@ -4,7 +4,7 @@
 # Each group boots a fresh copy of the pristine disk; a reboot (or a panic with panic=N) restarts
 # the same VM, through GRUB again.
 #   tests/debian/trial.sh [GROUP-PATTERN]
-# Groups: smoke, panic, sshd, good, powercut. Prints each check, then "debian-trial: N passed, N failed".
+# Groups: panic, sshd, hang, good, powercut; smoke (the bed itself) only when named. Prints each check, then "debian-trial: N passed, N failed".
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/../.." && pwd)
 CACHE=${GUARD_DEBIAN_GRUB_CACHE:-$HOME/.cache/guard-debian-grub}
@@ -55,7 +55,8 @@ install_trial_units() {
   for u in guard-confirm.service guard-trial.target; do
     g "cat > /lib/systemd/system/$u" < "$top/dist/systemd/$u"
   done
-  g 'systemctl daemon-reload && systemctl enable -q guard-confirm.service guard-trial.target'
+  # guard-trial.target is not enabled: guard links it in when it arms a trial
+  g 'systemctl daemon-reload && systemctl enable -q guard-confirm.service'
 }
 # each group's console, kept for the README and for diagnosis
 keep_console() { cp "$W/console.log" "/tmp/guard-trial-$1-console.log" 2>/dev/null || true; }
@@ -91,6 +92,7 @@ check_armed() {  # RUN-OUTPUT
   check_out "guard.cfg: the trial entry (panic=10, guard.trial)" "$W/guard.cfg" "panic=10 guard.trial=$run"
   check_out "guard.cfg: the fallback boots the copied old kernel" "$W/guard.cfg" "/guard/$run/vmlinuz-$(g uname -r) .*guard.fallback=$run guard.merge=vg0/"
   check_eq "the old kernel and initramfs copied under /boot/guard/$run" "$(g "ls /boot/guard/$run | wc -l")" 2
+  check_eq "guard-trial.target is wanted for the next boot only now" "$(g 'readlink /etc/systemd/system/multi-user.target.wants/guard-trial.target')" /lib/systemd/system/guard-trial.target
 }
 # Back as before the run: the fallback's kernel, the package gone, dpkg's state byte for byte,
 # nothing of the trial left, the run recorded as fallen back, no snapshot, nothing failed.
@@ -112,6 +114,7 @@ check_fell_back() {  # RUN PACKAGE DPKG-MD5
   check_out "guard recover completed the rollback at boot" "$W/recover" "vg0/root: rollback of run $run completed"
   check_out "guard recover put /boot back" "$W/recover" "/boot restored from the copy saved before the change"
   check_eq "no failed unit" "$(g 'systemctl --failed --no-legend --plain | wc -l')" 0
+  check_eq "guard-trial.target is not wanted any more" "$(g 'ls /etc/systemd/system/multi-user.target.wants/guard-trial.target 2>/dev/null | wc -l')" 0
 }
 
 # --- a kernel whose initramfs cannot mount / (the kernel panics): exit 0, reboot, the trial
@@ -164,7 +167,7 @@ sshd() {
       note "reboot to ssh through the failed trial and its fallback: ${t}s"
       check_out "the trial boot ran" "$W/console.log" "Booting \`guard: trial boot of run $run"
       check_out "ssh failed in the trial boot" "$W/console.log" "Failed to start .*ssh"
-      check_out "guard's confirmation failed and rebooted" "$W/console.log" "Failed to start .*guard: confirm a trial boot"
+      check_out "guard's confirmation failed and rebooted" "$W/console.log" "Failed to start .*guard-confirm"
       check_out "GRUB then booted the fallback entry" "$W/console.log" "Booting \`guard: fallback to before run $run"
       check_fell_back "$run" guardtest-sshbreak "$md5"
       check_eq "the broken sshd config is gone" "$(g 'ls /etc/ssh/sshd_config.d/ | grep -c guardtest')" 0
@@ -197,6 +200,7 @@ good() {
       check_out "guard status: trial confirmed" "$W/status" '"state": "confirmed"'
       check_out "the run is still kept" "$W/status" '"phase": "kept"'
       check_eq "no guard.cfg, no copies, no counter" "$(g 'ls /boot/grub/guard.cfg /boot/guard 2>/dev/null; grub-editenv /boot/grub/grubenv list | grep ^guard_')" ""
+      check_eq "guard-trial.target is not wanted any more" "$(g 'ls /etc/systemd/system/multi-user.target.wants/guard-trial.target 2>/dev/null | wc -l')" 0
       g "guard commit $run" > "$W/commit" 2>&1
       check_eq "guard commit ends the run" "$?" 0
       check_eq "no snapshot left" "$(g 'lvs --noheadings -o lv_name vg0 | tr -d " " | grep -vx root | wc -l')" 0
@@ -245,9 +249,46 @@ powercut() {
   end
 }
 
-want smoke && smoke
+# --- a start-up job that never ends: the trial boot never reaches multi-user.target, so guard's
+# confirmation never runs; the trial's deadline (2m here) reboots it, and the fallback comes back
+hang() {
+  begin boot_that_never_reaches_multi_user_meets_its_deadline_and_falls_back
+  if start_vm; then
+    install_trial_units
+    local run id t0 fell=""
+    md5=$(g 'md5sum < /var/lib/dpkg/status')
+    g 'guard --trial-boot --trial-deadline 2m --keep 1d --mount / --report /tmp/report.json -- apt-get install -y guardtest-hang' > "$W/run" 2>&1
+    check_eq "the upgrade exits 0" "$?" 0
+    run=$(run_of "$W/run")
+    check_armed "$W/run"
+    check_eq "the trial's deadline is the run's" "$(g 'cat /etc/systemd/system/guard-trial.target.d/guard-deadline.conf | grep JobTimeoutSec')" "JobTimeoutSec=120s"
+    : > "$W/console.log"
+    # ssh answers in the trial boot too (it does not wait for the hung job): wait for the boot
+    # whose command line is the fallback's
+    id=$(g cat /proc/sys/kernel/random/boot_id); t0=$(date +%s)
+    g 'systemctl reboot' 2>/dev/null
+    while [ $(( $(date +%s) - t0 )) -lt 900 ] && waitssh 600 "$id"; do
+      id=$(g cat /proc/sys/kernel/random/boot_id)
+      if g 'grep -q guard.fallback= /proc/cmdline'; then fell=yes; break; fi
+      check_eq "the trial boot is up but never reaches multi-user.target" "$(g 'systemctl is-active multi-user.target')" inactive
+    done
+    if [ -n "$fell" ]; then
+      note "reboot to ssh in the fallback, through the trial and its deadline: $(( $(date +%s) - t0 ))s"
+      check_out "the trial boot ran" "$W/console.log" "Booting \`guard: trial boot of run $run"
+      check_out "the deadline rebooted it" "$W/console.log" "[Tt]imed out|reboot"
+      check_out "GRUB then booted the fallback entry" "$W/console.log" "Booting \`guard: fallback to before run $run"
+      check_fell_back "$run" guardtest-hang "$md5"
+    else bad "never came back on the fallback (console:)"; tail -30 "$W/console.log" | sed 's/^/    | /'; fi
+    keep_console hang
+    stop_vm
+  else bad "boot"; fi
+  end
+}
+
+[ -n "$pattern" ] && want smoke && smoke
 want panic && panic
 want sshd && sshd
+want hang && hang
 want good && good
 want powercut && powercut
 echo "debian-trial: $passed passed, $failed failed"
