@@ -8,6 +8,7 @@
 //   run/    the guarded run (plan, command, hooks, transaction)
 //   watch/  the COW watcher: pure fill model, sampling, actions, meter, background watcher
 //   ops/    commit, rollback, recover, status: each under the run's lock
+//   boot/   trial boots: boot chain check, GRUB entries and counter, confirmation, fallback
 //   cli/    the command line, report rendering, policy files, man page
 pub mod boot;
 pub mod cli;

@@ -11,7 +11,7 @@
 //! written (store.rs), and the archive is made 0600.
 use crate::error::{Error, Result};
 use crate::store::{Open, SecureDir};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 pub use crate::model::record::SavedPath;
@@ -78,7 +78,56 @@ fn write_archive(root: &Path, archive: std::fs::File) -> std::io::Result<()> {
     b.into_inner()?.sync_all()
 }
 
+/// Where a restore extracts the archive first, and where it moves the entries it replaces:
+/// beside them on the same filesystem, so that the swap is renames only.
+const STAGE: &str = ".guard-restore";
+const OLD: &str = ".guard-old";
+
+fn unpack(archive: &Path, into: &Path) -> Result<()> {
+    let f = std::fs::File::open(archive)
+        .map_err(|e| Error::io(format!("cannot open {}", archive.display()), e))?;
+    let mut a = tar::Archive::new(f);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    a.unpack(into)
+        .map_err(|e| Error::io(format!("cannot restore {}", into.display()), e))
+}
+
+/// The entries of `dir` a restore replaces: not lost+found, not its own folders, not another
+/// filesystem mounted below (/boot/efi).
+fn replaceable(dir: &Path, dev: u64) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?;
+    Ok(entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let other_fs = std::fs::symlink_metadata(p)
+                .map(|m| m.dev() != dev)
+                .unwrap_or(true);
+            !matches!(name, "lost+found" | STAGE | OLD) && !other_fs
+        })
+        .collect())
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Puts a saved path back as it was: entries made since are removed, the archive extracted.
+///
+/// The archive is extracted beside the entries first, and swapped in by renames: a power cut
+/// while it is written (seconds, for a /boot of kernels) leaves the path as it was, never half
+/// empty. (/boot is what the next boot reads.) Without room for both, it is restored in place.
+/// An interrupted restore is simply done again: the archive stays until one succeeds.
 pub fn restore(s: &SavedPath) -> Result<()> {
     if !s.archive.exists() {
         return Err(Error::Other(format!(
@@ -87,35 +136,46 @@ pub fn restore(s: &SavedPath) -> Result<()> {
             s.archive.display()
         )));
     }
-    let dev = std::fs::metadata(&s.path)
-        .map_err(|e| Error::io(format!("cannot read {}", s.path.display()), e))?
-        .dev();
-    let entries = std::fs::read_dir(&s.path)
+    let meta = std::fs::metadata(&s.path)
         .map_err(|e| Error::io(format!("cannot read {}", s.path.display()), e))?;
-    for e in entries.flatten() {
-        let p = e.path();
-        let other_fs = std::fs::symlink_metadata(&p)
-            .map(|m| m.dev() != dev)
-            .unwrap_or(true);
-        if p.file_name() == Some(std::ffi::OsStr::new("lost+found")) || other_fs {
-            continue;
+    let dev = meta.dev();
+    let stage = s.path.join(STAGE);
+    let old = s.path.join(OLD);
+    let _ = remove_any(&stage);
+    let _ = remove_any(&old);
+    let staged = std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&stage)
+        .map_err(|e| Error::io(format!("cannot create {}", stage.display()), e))
+        .and_then(|_| unpack(&s.archive, &stage));
+    if staged.is_err() {
+        // no room for two copies: in place, as before
+        let _ = remove_any(&stage);
+        for p in replaceable(&s.path, dev)? {
+            remove_any(&p).map_err(|e| Error::io(format!("cannot clear {}", p.display()), e))?;
         }
-        let r = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        r.map_err(|e| Error::io(format!("cannot clear {}", p.display()), e))?;
+        unpack(&s.archive, &s.path)?;
+        nix::unistd::sync();
+        return Ok(());
     }
-    let f = std::fs::File::open(&s.archive)
-        .map_err(|e| Error::io(format!("cannot open {}", s.archive.display()), e))?;
-    let mut a = tar::Archive::new(f);
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    a.set_preserve_mtime(true);
-    a.set_overwrite(true);
-    a.unpack(&s.path)
-        .map_err(|e| Error::io(format!("cannot restore {}", s.path.display()), e))?;
+    let _ = remove_any(&stage.join("lost+found"));
+    nix::unistd::sync();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&old)
+        .map_err(|e| Error::io(format!("cannot create {}", old.display()), e))?;
+    for p in replaceable(&s.path, dev)? {
+        let to = old.join(p.file_name().expect("an entry has a name"));
+        std::fs::rename(&p, &to)
+            .map_err(|e| Error::io(format!("cannot move {} aside", p.display()), e))?;
+    }
+    for p in replaceable(&stage, dev)? {
+        let to = s.path.join(p.file_name().expect("an entry has a name"));
+        std::fs::rename(&p, &to)
+            .map_err(|e| Error::io(format!("cannot put back {}", to.display()), e))?;
+    }
+    let _ = std::fs::remove_dir(&stage);
+    let _ = std::fs::remove_dir_all(&old);
     nix::unistd::sync();
     Ok(())
 }
@@ -184,6 +244,34 @@ mod tests {
             !state.path().join("saved").join(R).exists(),
             "copies dropped once restored"
         );
+    }
+
+    #[test]
+    fn a_restore_cut_short_is_done_again_and_leaves_no_staging() {
+        let _env = STATE_ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let state = tempfile::tempdir().unwrap();
+        std::env::set_var("GUARD_STATE_DIR", state.path());
+        let boot = tempfile::tempdir().unwrap();
+        std::fs::write(boot.path().join("vmlinuz-1"), "old kernel").unwrap();
+        std::fs::create_dir(boot.path().join("lost+found")).unwrap();
+        let saved = save(R, &[boot.path().to_path_buf()]).unwrap();
+        std::fs::write(boot.path().join("vmlinuz-2"), "new kernel").unwrap();
+        // a power cut left a half-written stage and half of the old entries moved aside
+        std::fs::create_dir_all(boot.path().join(STAGE).join("grub")).unwrap();
+        std::fs::create_dir_all(boot.path().join(OLD)).unwrap();
+        std::fs::write(boot.path().join(OLD).join("x"), "moved aside").unwrap();
+        restore(&saved[0]).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(boot.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["lost+found", "vmlinuz-1"]);
+        assert_eq!(
+            std::fs::read_to_string(boot.path().join("vmlinuz-1")).unwrap(),
+            "old kernel"
+        );
+        discard(R);
     }
 
     #[test]
