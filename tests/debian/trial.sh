@@ -141,7 +141,7 @@ panic() {
       cp "$W/console.log" "$W/panic-console.log"
       if reboot_vm; then
         check_eq "the next boot is the old kernel's ordinary entry" "$(boot_image)" "$old"
-        check_eq "no guard argument on its command line" "$(g 'grep -c guard\. /proc/cmdline')" 0
+        check_eq "no guard argument on its command line" "$(g 'grep -cF " guard." /proc/cmdline')" 0
       else bad "reboot after the fallback"; fi
     else bad "no ssh after the trial (console:)"; tail -30 "$W/console.log" | sed 's/^/    | /'; fi
     keep_console panic
@@ -206,7 +206,7 @@ good() {
       check_eq "no snapshot left" "$(g 'lvs --noheadings -o lv_name vg0 | tr -d " " | grep -vx root | wc -l')" 0
       if reboot_vm; then
         check_eq "the next boot is the new kernel's ordinary entry" "$(boot_image)" /vmlinuz-6.1.0-98-guardtest
-        check_eq "no guard argument on its command line" "$(g 'grep -c guard\. /proc/cmdline')" 0
+        check_eq "no guard argument on its command line" "$(g 'grep -cF " guard." /proc/cmdline')" 0
         check_eq "the package stays" "$(g "dpkg-query -W -f='\${Status}' linux-image-guardtest-good")" "install ok installed"
       else bad "reboot after commit"; fi
     else bad "no ssh in the trial boot (console:)"; tail -30 "$W/console.log" | sed 's/^/    | /'; fi
