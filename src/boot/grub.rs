@@ -173,22 +173,22 @@ if [ \"${{guard_run}}\" = \"{run}\" ]; then\n\
   fi\n\
 fi\n"
     );
-    s += &format!(
-        "menuentry 'guard: trial boot of run {run} (the new state)' --id guard-trial {{\n"
+    let entry = |title: String, id: &str, body: Vec<String>| {
+        format!(
+            "menuentry '{title}' --id {id} {{\n{}\n}}\n",
+            body.join("\n")
+        )
+    };
+    s += &entry(
+        format!("guard: trial boot of run {run} (the new state)"),
+        "guard-trial",
+        trial,
     );
-    for l in trial {
-        s += &l;
-        s.push('\n');
-    }
-    s += "}\n";
-    s += &format!(
-        "menuentry 'guard: fallback to before run {run} (rolls the change back)' --id guard-fallback {{\n"
+    s += &entry(
+        format!("guard: fallback to before run {run} (rolls the change back)"),
+        "guard-fallback",
+        fallback,
     );
-    for l in fallback {
-        s += &l;
-        s.push('\n');
-    }
-    s += "}\n";
     Ok(s)
 }
 

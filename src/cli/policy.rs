@@ -383,6 +383,28 @@ fn duration(origin: &str, text: &str, key: &str, v: &Option<String>) -> Result<O
     }
 }
 
+/// `[[check]]` and `[[trial.check]]` entries as checks (`what` names them in errors).
+fn check_specs(
+    origin: &str,
+    text: &str,
+    what: &str,
+    entries: &[CheckEntry],
+) -> Result<Vec<CheckSpec>> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Ok(CheckSpec {
+                name: c.name.clone().unwrap_or_else(|| c.run.join(" ")),
+                argv: argv(origin, text, &format!("{what} #{}", i + 1), &c.run)?,
+                timeout: duration(origin, text, "timeout", &c.timeout)?
+                    .unwrap_or(DEFAULT_CHECK_TIMEOUT),
+                fail_on_output: c.fail_on_output,
+            })
+        })
+        .collect()
+}
+
 fn argv(origin: &str, text: &str, what: &str, run: &[String]) -> Result<Vec<String>> {
     if run.is_empty() || run[0].is_empty() {
         return Err(key_error(
@@ -503,26 +525,8 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
             stdin: h.stdin.clone(),
         });
     }
-    let mut checks = Vec::new();
-    for (i, c) in f.check.iter().enumerate() {
-        checks.push(CheckSpec {
-            name: c.name.clone().unwrap_or_else(|| c.run.join(" ")),
-            argv: argv(origin, text, &format!("check #{}", i + 1), &c.run)?,
-            timeout: duration(origin, text, "timeout", &c.timeout)?
-                .unwrap_or(DEFAULT_CHECK_TIMEOUT),
-            fail_on_output: c.fail_on_output,
-        });
-    }
-    let mut boot_checks = Vec::new();
-    for (i, c) in f.trial.check.iter().enumerate() {
-        boot_checks.push(CheckSpec {
-            name: c.name.clone().unwrap_or_else(|| c.run.join(" ")),
-            argv: argv(origin, text, &format!("trial check #{}", i + 1), &c.run)?,
-            timeout: duration(origin, text, "timeout", &c.timeout)?
-                .unwrap_or(DEFAULT_CHECK_TIMEOUT),
-            fail_on_output: c.fail_on_output,
-        });
-    }
+    let checks = check_specs(origin, text, "check", &f.check)?;
+    let boot_checks = check_specs(origin, text, "trial check", &f.trial.check)?;
     Ok(Policy {
         name: name.to_string(),
         source: origin.to_string(),
