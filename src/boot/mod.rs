@@ -280,6 +280,39 @@ fn systemctl_lines(args: &[&str]) -> Vec<String> {
     }
 }
 
+/// `systemctl show -p P1,P2 U1 U2 …`: one block of `P=V` lines per unit, in the order given,
+/// separated by empty lines (the properties in the bus's own order: read by name).
+fn show(units: &[String], props: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut args = vec!["show", "-p", props];
+    args.extend(units.iter().map(String::as_str));
+    let Ok(mut c) = system_command("systemctl") else {
+        return vec![];
+    };
+    c.args(&args);
+    let Ok(o) = c.output() else {
+        return vec![];
+    };
+    parse_show(&String::from_utf8_lossy(&o.stdout))
+}
+
+fn parse_show(text: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut out = vec![];
+    let mut cur = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        if l.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+        } else if let Some((k, v)) = l.split_once('=') {
+            cur.insert(k.to_string(), v.to_string());
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 /// Enabled services running now (a login's user@ service or a timer's run are neither): the
 /// server's own services, which a healthy boot starts again.
 fn enabled_active_services() -> Vec<String> {
@@ -295,18 +328,27 @@ fn enabled_active_services() -> Vec<String> {
     .filter_map(|l| l.split_whitespace().next().map(str::to_string))
     .filter(|u| !u.starts_with("guard-"))
     .collect();
-    if active.is_empty() {
-        return active;
+    let states = show(&active, "UnitFileState");
+    if states.len() != active.len() {
+        return vec![];
     }
-    let mut args = vec!["is-enabled"];
-    args.extend(active.iter().map(String::as_str));
-    let states = systemctl_lines(&args);
     active
         .into_iter()
         .zip(states)
-        .filter(|(_, st)| st == "enabled")
+        .filter(|(_, st)| st.get("UnitFileState").map(String::as_str) == Some("enabled"))
         .map(|(u, _)| u)
         .collect()
+}
+
+/// Why a unit that ran before the change is not running in this boot, if it should be: still
+/// loaded and enabled (the change may have removed or disabled it on purpose), and not skipped
+/// by its own conditions (systemd-pstore with nothing to save).
+fn down_reason(st: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    let get = |k: &str| st.get(k).map(String::as_str).unwrap_or("");
+    let expected = get("LoadState") == "loaded"
+        && get("UnitFileState") == "enabled"
+        && get("ConditionResult") != "no";
+    (expected && get("ActiveState") != "active").then(|| get("ActiveState"))
 }
 
 /// The services of `units` not running in this boot: waits (up to `settle`) for those still
@@ -314,29 +356,27 @@ fn enabled_active_services() -> Vec<String> {
 fn not_running(units: &[String], settle: std::time::Duration) -> Vec<String> {
     let start = std::time::Instant::now();
     loop {
-        let mut args = vec!["show", "-p", "LoadState,ActiveState", "--value"];
-        args.extend(units.iter().map(String::as_str));
-        // two lines per unit (LoadState, ActiveState), then an empty line between units
-        let lines: Vec<String> = systemctl_lines(&args)
-            .into_iter()
-            .filter(|l| !l.is_empty())
-            .collect();
-        let states: Vec<(&String, &str, &str)> = units
+        let states = show(units, "LoadState,ActiveState,UnitFileState,ConditionResult");
+        if states.len() != units.len() {
+            return vec![format!(
+                "systemctl show answered for {} of {} units",
+                states.len(),
+                units.len()
+            )];
+        }
+        let down: Vec<(String, &str)> = units
             .iter()
-            .zip(lines.chunks(2))
-            .map(|(u, c)| (u, c.first().map_or("", |s| s), c.get(1).map_or("", |s| s)))
+            .zip(&states)
+            .filter_map(|(u, st)| down_reason(st).map(|r| (u.clone(), r)))
             .collect();
-        let starting = states.iter().any(|(_, load, act)| {
-            *load == "loaded" && matches!(*act, "activating" | "reloading" | "deactivating")
-        });
-        let down: Vec<String> = states
+        let starting = down
             .iter()
-            // a unit the change removed is not the boot's fault
-            .filter(|(_, load, act)| *load == "loaded" && *act != "active")
-            .map(|(u, _, act)| format!("{u} ({act})"))
-            .collect();
+            .any(|(_, r)| matches!(*r, "activating" | "reloading" | "deactivating"));
         if down.is_empty() || !starting || start.elapsed() >= settle {
-            return down;
+            return down
+                .into_iter()
+                .map(|(u, r)| format!("{u} ({r})"))
+                .collect();
         }
         std::thread::sleep(std::time::Duration::from_secs(2));
     }
@@ -632,4 +672,28 @@ pub fn note_fallback(rec: &mut RunRecord) -> bool {
         "the trial boot was not confirmed (a panic, a hang past its deadline, or a failed check): GRUB booted the fallback entry".into(),
     );
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_that_should_run_and_does_not_is_named_others_are_not() {
+        let text = "LoadState=loaded\nActiveState=activating\nUnitFileState=enabled\nConditionResult=yes\n\n\
+LoadState=loaded\nActiveState=inactive\nUnitFileState=disabled\nConditionResult=yes\n\n\
+LoadState=loaded\nActiveState=inactive\nUnitFileState=enabled\nConditionResult=no\n\n\
+LoadState=not-found\nActiveState=inactive\nUnitFileState=\nConditionResult=no\n\n\
+ActiveState=active\nConditionResult=yes\nLoadState=loaded\nUnitFileState=enabled\n";
+        let st = parse_show(text);
+        assert_eq!(st.len(), 5);
+        // a restart loop, still starting: named (and waited for)
+        assert_eq!(down_reason(&st[0]), Some("activating"));
+        // disabled by the change, skipped by its condition, removed: not the boot's fault
+        assert_eq!(down_reason(&st[1]), None);
+        assert_eq!(down_reason(&st[2]), None);
+        assert_eq!(down_reason(&st[3]), None);
+        // running, whatever order the properties come in
+        assert_eq!(down_reason(&st[4]), None);
+    }
 }

@@ -420,7 +420,17 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         policy: policy.map(Policy::recorded).or_else(|| a.policy.clone()),
         trial_boot,
         trial_deadline: match &a.trial_deadline {
-            Some(s) => parse_duration("--trial-deadline", s)?,
+            // a boot and the confirmation's settling take a minute or two; 0 would disable
+            // systemd's job timeout altogether
+            Some(s) => match parse_duration("--trial-deadline", s)? {
+                d if d < Duration::from_secs(120) => {
+                    return Err(Error::refused(
+                        format!("--trial-deadline {s} is too short"),
+                        "give 2m or more: the trial boot must come up and be checked within it",
+                    ))
+                }
+                d => d,
+            },
             None => p
                 .trial_deadline
                 .unwrap_or(Duration::from_secs(crate::boot::DEFAULT_DEADLINE_SECS)),

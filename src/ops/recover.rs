@@ -433,6 +433,16 @@ fn recover_run(
                 "run {id}: its trial boot fell back but the snapshots were not merged: `guard rollback {id}` and a reboot complete the rollback"
             ));
         }
+        Phase::Kept
+            if expire
+                && rec.trial.as_ref().map(|t| t.state)
+                    == Some(crate::model::record::TrialState::Armed) =>
+        {
+            // the trial boot has not happened yet: its fallback needs the snapshots
+            sum.saw(format!(
+                "run {id}: keep window over, but its trial boot is still armed: kept until the trial ends"
+            ));
+        }
         Phase::Kept => {
             if expire && expired(rec) {
                 run::commit(lvm, journal, rec)?;

@@ -1169,6 +1169,9 @@ pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<(
 }
 
 /// Ends a trial that is still prepared or armed (commit, rollback): GRUB boots normally again.
+/// A fallen-back trial's entries are ended by a commit only: a rollback's restore of /boot
+/// removes them itself, and until it has, they keep booting the kernel that matches the
+/// rolled-back /.
 pub fn end_trial(rec: &mut RunRecord, how: &str) {
     use crate::model::record::TrialState;
     let problems = match rec.trial.as_ref().map(|t| (t.state, t.note.clone())) {
@@ -1179,7 +1182,9 @@ pub fn end_trial(rec: &mut RunRecord, how: &str) {
         ),
         // its fallback entry must not outlive the run (a commit would leave it booting the
         // old kernel on the new / for good); what happened stays recorded
-        Some((TrialState::FellBack, note)) => crate::boot::disarm(rec, TrialState::FellBack, note),
+        Some((TrialState::FellBack, note)) if how == "committed" => {
+            crate::boot::disarm(rec, TrialState::FellBack, note)
+        }
         _ => vec![],
     };
     for p in problems {

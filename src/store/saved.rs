@@ -148,9 +148,13 @@ pub fn restore(s: &SavedPath) -> Result<()> {
         .create(&stage)
         .map_err(|e| Error::io(format!("cannot create {}", stage.display()), e))
         .and_then(|_| unpack(&s.archive, &stage));
-    if staged.is_err() {
-        // no room for two copies: in place, as before
+    if let Err(e) = staged {
         let _ = remove_any(&stage);
+        // only a lack of room restores in place: any other failure (an unreadable archive)
+        // leaves the path untouched
+        if !is_out_of_room(&e) {
+            return Err(e);
+        }
         for p in replaceable(&s.path, dev)? {
             remove_any(&p).map_err(|e| Error::io(format!("cannot clear {}", p.display()), e))?;
         }
@@ -164,20 +168,58 @@ pub fn restore(s: &SavedPath) -> Result<()> {
         .mode(0o700)
         .create(&old)
         .map_err(|e| Error::io(format!("cannot create {}", old.display()), e))?;
+    // Entry by entry: the current one aside, the saved one in at once, so that at any moment
+    // at most one entry is missing (never all of /boot's kernels and grub/ at once).
+    let staged_names: Vec<std::ffi::OsString> = replaceable(&stage, dev)?
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+        .collect();
+    for name in &staged_names {
+        let dest = s.path.join(name);
+        if let Ok(m) = std::fs::symlink_metadata(&dest) {
+            if m.dev() != dev {
+                // a filesystem mounted there now (/boot/efi): it is not ours to replace
+                continue;
+            }
+            std::fs::rename(&dest, old.join(name))
+                .map_err(|e| Error::io(format!("cannot move {} aside", dest.display()), e))?;
+        }
+        if let Err(e) = std::fs::rename(stage.join(name), &dest) {
+            // put the current entry back rather than leave a hole
+            let _ = std::fs::rename(old.join(name), &dest);
+            return Err(Error::io(format!("cannot put back {}", dest.display()), e));
+        }
+    }
+    // what the change added
     for p in replaceable(&s.path, dev)? {
-        let to = old.join(p.file_name().expect("an entry has a name"));
-        std::fs::rename(&p, &to)
-            .map_err(|e| Error::io(format!("cannot move {} aside", p.display()), e))?;
+        if !p
+            .file_name()
+            .is_some_and(|n| staged_names.iter().any(|x| x == n))
+        {
+            let to = old.join(p.file_name().expect("an entry has a name"));
+            std::fs::rename(&p, &to)
+                .map_err(|e| Error::io(format!("cannot remove {}", p.display()), e))?;
+        }
     }
-    for p in replaceable(&stage, dev)? {
-        let to = s.path.join(p.file_name().expect("an entry has a name"));
-        std::fs::rename(&p, &to)
-            .map_err(|e| Error::io(format!("cannot put back {}", to.display()), e))?;
-    }
-    let _ = std::fs::remove_dir(&stage);
+    let _ = std::fs::remove_dir_all(&stage);
     let _ = std::fs::remove_dir_all(&old);
     nix::unistd::sync();
     Ok(())
+}
+
+fn is_out_of_room(e: &Error) -> bool {
+    match e {
+        Error::Io { source, .. } => {
+            // tar wraps the OS error (its code is lost, its message is not)
+            let msg = source.to_string();
+            matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            ) || msg.contains("No space left on device")
+                || msg.contains("Disk quota exceeded")
+        }
+        _ => false,
+    }
 }
 
 /// Drops a run's saved copies (the run was committed or aborted).
@@ -271,6 +313,22 @@ mod tests {
             std::fs::read_to_string(boot.path().join("vmlinuz-1")).unwrap(),
             "old kernel"
         );
+        discard(R);
+    }
+
+    #[test]
+    fn an_unreadable_copy_leaves_the_path_untouched() {
+        let _env = STATE_ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let state = tempfile::tempdir().unwrap();
+        std::env::set_var("GUARD_STATE_DIR", state.path());
+        let boot = tempfile::tempdir().unwrap();
+        std::fs::write(boot.path().join("vmlinuz-1"), "old kernel").unwrap();
+        let saved = save(R, &[boot.path().to_path_buf()]).unwrap();
+        std::fs::write(boot.path().join("vmlinuz-2"), "new kernel").unwrap();
+        // a damaged archive: not a reason to empty /boot
+        std::fs::write(&saved[0].archive, vec![0xffu8; 4096]).unwrap();
+        assert!(restore(&saved[0]).is_err());
+        assert!(boot.path().join("vmlinuz-1").exists() && boot.path().join("vmlinuz-2").exists());
         discard(R);
     }
 
