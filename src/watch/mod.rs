@@ -31,7 +31,7 @@ use crate::size::human;
 use crate::ui;
 use model::{
     dirty_allowance, extension_step, in_danger, meta_step, needs_extension, pool_state,
-    runway_used_pct, PoolState, DIRTY_WINDOW, MIN_STEP, THIN_META_BLOCK,
+    runway_used_pct, PoolState, DIRTY_WINDOW, MIN_LEAD, MIN_STEP, THIN_META_BLOCK,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -114,6 +114,9 @@ pub struct WatchItem {
     /// Thin pools: metadata size and use, in bytes.
     pub meta_size: u64,
     pub meta_used: u64,
+    /// A thin pool out of data space: its writes wait in the kernel (until dm-thin's
+    /// no_space_timeout fails them), and so would a freeze's flush.
+    out_of_data: bool,
     pub rate: f64,
     /// The fastest this run's writers have filled it: once the VG has no room left, the hold
     /// must come early enough for a writer at full speed, not at the pace of the last samples
@@ -211,6 +214,7 @@ impl WatchItem {
             dm,
             mountpoints: mounts,
             block_bytes: 0,
+            out_of_data: false,
             extent,
             size,
             used: 0,
@@ -744,6 +748,7 @@ impl Watcher {
             };
             let block = pool_bytes / p.data_total.max(1);
             let it = &mut self.items[i];
+            it.out_of_data = pool_state(&p) == PoolState::OutOfData;
             it.block_bytes = block;
             it.meta_size = p.meta_total * THIN_META_BLOCK;
             it.meta_used = p.meta_used * THIN_META_BLOCK;
@@ -922,9 +927,24 @@ impl Watcher {
         } else {
             it.rate
         };
+        // What lands before the watcher can act again: a host that delays its samples (a busy
+        // or throttled machine) delays the hold as much.
+        let lead = match (it.prev, it.last) {
+            (Some(p), Some(l)) => (l.duration_since(p) * 2).min(Duration::from_secs(1)),
+            _ => MIN_LEAD,
+        };
+        // While guard bounds the page cache the writer can fill it to the bound at any moment,
+        // whatever the last (up to 250 ms old) reading said.
+        let dirty = match self.dirty_limit.as_ref().and_then(|d| d.current) {
+            Some(bound) if bound > 0 && !self.is_paused() => dirty.max(bound),
+            _ => dirty,
+        };
+        let block = if it.thin { it.block_bytes } else { 0 };
         // pool metadata that fills is as fatal as data: the pool turns read-only
-        let danger = in_danger(it.size, it.used, rate, dirty)
-            || (it.thin && it.meta_size > 0 && in_danger(it.meta_size, it.meta_used, 0.0, 0));
+        let danger = in_danger(it.size, it.used, rate, dirty, lead, block)
+            || (it.thin
+                && it.meta_size > 0
+                && in_danger(it.meta_size, it.meta_used, 0.0, 0, MIN_LEAD, 0));
         if !danger {
             return false;
         }
@@ -948,7 +968,7 @@ impl Watcher {
 
     /// Stops the command's group until the extension under way lands (and the next decision).
     fn brake(&mut self, i: usize, why: &str) {
-        if self.braked || self.held {
+        if self.braked || self.held || self.rollback_requested {
             return;
         }
         self.signal_group(Signal::SIGSTOP);
@@ -1122,6 +1142,12 @@ impl Watcher {
     }
 
     fn full(&mut self, i: usize) {
+        // The command is being killed for the rollback: a new hold would freeze the filesystem
+        // under processes that must exit first (a writer waiting on a frozen filesystem cannot
+        // die), and the rollback waits for them.
+        if self.rollback_requested {
+            return;
+        }
         let it = &self.items[i];
         let name = it.name();
         let what = if !it.extendable {
@@ -1129,7 +1155,7 @@ impl Watcher {
                 "its snapshot is {:.0}% full and cannot be extended (its merge is pending)",
                 it.pct()
             )
-        } else if it.thin && in_danger(it.meta_size, it.meta_used, 0.0, 0) {
+        } else if it.thin && in_danger(it.meta_size, it.meta_used, 0.0, 0, MIN_LEAD, 0) {
             format!(
                 "thin pool {}/{}'s metadata is {:.0}% full",
                 it.vg,
@@ -1173,7 +1199,19 @@ impl Watcher {
                 if !self.held_items.insert(i) {
                     return;
                 }
-                let mounts = it.mountpoints.clone();
+                // A pool already out of space holds every write, a freeze's flush too: FIFREEZE
+                // would block guard with it (for dm-thin's no_space_timeout, or for ever where
+                // that is 0). Stopping the command is all that can be done; the snapshot is
+                // intact, the origin's queued writes wait for room.
+                let mounts = if it.thin && it.out_of_data {
+                    ui::error(&format!(
+                        "thin pool {}/{} is OUT OF DATA SPACE: writes to its volumes wait (and fail after dm_thin_pool's no_space_timeout); the snapshot is intact",
+                        it.vg, it.extend_lv
+                    ));
+                    Vec::new()
+                } else {
+                    it.mountpoints.clone()
+                };
                 let vg = it.vg.clone();
                 self.signal_group(Signal::SIGSTOP);
                 let frozen_what = match Frozen::freeze(&mounts) {
@@ -1191,6 +1229,9 @@ impl Watcher {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         )
+                    }
+                    Ok(_) if self.items[i].out_of_data => {
+                        "did not freeze (the pool cannot take a flush)".to_string()
                     }
                     Ok(_) => "not mounted, nothing to freeze".to_string(),
                     Err(e) => format!("could not freeze ({e})"),

@@ -79,11 +79,18 @@ pub fn meta_step(meta_size: u64) -> u64 {
     (meta_size / 2).max(MIN_STEP / 2)
 }
 
-/// Is the rollback point about to be lost: would the dirty cache plus the next moments of
-/// writing no longer fit?
-pub fn in_danger(size: u64, used: u64, rate: f64, dirty: u64) -> bool {
+/// The shortest time the watcher counts on to act (sample, decide, stop the writer).
+pub const MIN_LEAD: Duration = Duration::from_millis(100);
+
+/// Is the rollback point about to be lost: would the dirty cache plus what lands before the
+/// watcher can act again (`lead`: at least MIN_LEAD, more when the host delays its samples) no
+/// longer fit? `block` is a thin pool's allocation unit (0 for a snapshot): a 4 KiB metadata
+/// or journal write to a block the snapshot shares takes a whole block of the pool, so a
+/// freeze's flush needs a few dozen of them beyond the data it writes.
+pub fn in_danger(size: u64, used: u64, rate: f64, dirty: u64, lead: Duration, block: u64) -> bool {
     let free = size.saturating_sub(used) as f64;
-    free < dirty as f64 + rate * 0.1 + safety(size)
+    let lead = lead.max(MIN_LEAD).as_secs_f64();
+    free < dirty as f64 + rate * lead + safety(size).max(block as f64 * 32.0)
 }
 
 /// How much of the dirty page cache can still land in this snapshot (or pool) without a new
@@ -194,9 +201,38 @@ mod tests {
 
     #[test]
     fn danger_leaves_room_for_the_dirty_cache() {
-        assert!(!in_danger(100 * MIB, 50 * MIB, 0.0, 10 * MIB));
-        assert!(in_danger(100 * MIB, 95 * MIB, 0.0, 4 * MIB));
-        assert!(in_danger(8 * MIB, 7 * MIB + MIB / 2, 0.0, 0));
+        let l = MIN_LEAD;
+        assert!(!in_danger(100 * MIB, 50 * MIB, 0.0, 10 * MIB, l, 0));
+        assert!(in_danger(100 * MIB, 95 * MIB, 0.0, 4 * MIB, l, 0));
+        assert!(in_danger(8 * MIB, 7 * MIB + MIB / 2, 0.0, 0, l, 0));
+    }
+
+    #[test]
+    fn danger_grows_with_a_late_watcher_and_a_thin_pool_block() {
+        // 15 MiB/s, 3 MiB free: safe if the watcher acts within 100 ms, not if it lags 200 ms
+        let r = 15.0 * MIB as f64;
+        assert!(!in_danger(44 * MIB, 41 * MIB, r, 0, MIN_LEAD, 0));
+        assert!(in_danger(44 * MIB, 41 * MIB, r, 0, MIN_LEAD * 2, 0));
+        // a shorter lead than MIN_LEAD is never assumed
+        assert!(!in_danger(44 * MIB, 41 * MIB, r, 0, Duration::ZERO, 0));
+        // 1.5 MiB free: enough for a snapshot's flush of nothing, not for a pool of 64 KiB
+        // blocks whose every shared-block write takes a whole block
+        assert!(!in_danger(
+            44 * MIB,
+            42 * MIB + MIB / 2,
+            0.0,
+            0,
+            MIN_LEAD,
+            0
+        ));
+        assert!(in_danger(
+            44 * MIB,
+            42 * MIB + MIB / 2,
+            0.0,
+            0,
+            MIN_LEAD,
+            64 << 10
+        ));
     }
 
     #[test]
@@ -225,8 +261,8 @@ mod tests {
     fn metadata_counts_like_data() {
         // 4 MiB of pool metadata, 3.9 MiB used: in danger like a full data device
         let meta = 1024 * THIN_META_BLOCK;
-        assert!(in_danger(meta, 1000 * THIN_META_BLOCK, 0.0, 0));
-        assert!(!in_danger(meta, 100 * THIN_META_BLOCK, 0.0, 0));
+        assert!(in_danger(meta, 1000 * THIN_META_BLOCK, 0.0, 0, MIN_LEAD, 0));
+        assert!(!in_danger(meta, 100 * THIN_META_BLOCK, 0.0, 0, MIN_LEAD, 0));
         assert_eq!(meta_step(meta), 4 * MIB);
         assert_eq!(meta_step(64 * MIB), 32 * MIB);
     }
@@ -239,11 +275,11 @@ mod tests {
         let dirty = dirty_allowance(6 * GIB, None, 0, 0);
         assert_eq!(dirty, 0);
         assert!(!needs_extension(64 * MIB, MIB, 0, 0.0, dirty, h, 50.0));
-        assert!(!in_danger(64 * MIB, MIB, 0.0, dirty));
+        assert!(!in_danger(64 * MIB, MIB, 0.0, dirty, MIN_LEAD, 0));
         // the old rule charged all of it to this snapshot: extend, and when the VG is empty,
         // freeze a nearly empty snapshot
         assert!(needs_extension(64 * MIB, MIB, 0, 0.0, 6 * GIB, h, 50.0));
-        assert!(in_danger(64 * MIB, MIB, 0.0, 6 * GIB));
+        assert!(in_danger(64 * MIB, MIB, 0.0, 6 * GIB, MIN_LEAD, 0));
     }
 
     #[test]

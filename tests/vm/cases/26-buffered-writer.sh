@@ -5,6 +5,7 @@
 # rollback gives back the original bytes. At 4, 8 and 16 MiB of VG room, thick and thin.
 
 wait_held_or_done() { i=0; while [ $i -lt 600 ]; do grep -q '"frozen": \[$' /var/lib/guard/runs/*.json 2>/dev/null && return 0; kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; i=$((i+1)); done; return 1; }
+no_hold_after_rollback() { ! awk '/rollback requested/ {r=1} r && /guard froze|guard did not freeze/ {bad=1} END {exit !bad}' "$1"; }
 not_invalid() { ! dmsetup status 2>/dev/null | grep -q 'snapshot Invalid'; }
 pool_ok() { ! dmsetup status 2>/dev/null | grep -q 'thin-pool.* \(out_of_data_space\|Fail\|ro\) '; }
 
@@ -33,6 +34,9 @@ buffered_case() {  # KIND ROOM_MB
   guard rollback "$run" > out2 2>&1
   wait $gp
   guard rollback --finish "$run" > out3 2>&1
+  # once the rollback is asked for, the command is killed: a new hold would freeze the
+  # filesystem under the processes that must exit first
+  check "$kind/$room MiB: no new hold after the rollback request" no_hold_after_rollback out
   check_eq "$kind/$room MiB: the original bytes are back" "$(content data)" original
   check "$kind/$room MiB: e2fsck clean" fsck_clean data
   check_eq "$kind/$room MiB: the kernel's dirty limits are restored" "$(cat /proc/sys/vm/dirty_bytes)/$(cat /proc/sys/vm/dirty_ratio)" "0/20"
