@@ -31,7 +31,7 @@ use crate::size::human;
 use crate::ui;
 use model::{
     dirty_allowance, extension_step, in_danger, meta_step, needs_extension, pool_state,
-    runway_used_pct, PoolState, DIRTY_WINDOW, MIN_LEAD, MIN_STEP, THIN_META_BLOCK,
+    runway_used_pct, PoolState, ASSUMED_RATE, DIRTY_WINDOW, MIN_LEAD, MIN_STEP, THIN_META_BLOCK,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -66,6 +66,8 @@ pub const DEFAULT_EXTEND_AT: f64 = 50.0;
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(100);
 const RATE_WINDOW: Duration = Duration::from_millis(300);
+/// The longest lead the danger test assumes (see decide).
+const MAX_LEAD: Duration = Duration::from_millis(300);
 /// Consecutive failed extensions (for another reason than no room) after which an item in
 /// danger is handed to --when-full: a transient lvm failure is retried, a lasting one is not
 /// waited on for ever.
@@ -382,6 +384,8 @@ pub struct Watcher {
     pub events: Vec<Event>,
     /// Guard should stop the command and roll back (--when-full rollback, or asked).
     pub rollback_requested: bool,
+    /// The command ran past its timeout and is being stopped (SIGTERM, then SIGKILL).
+    timing_out: bool,
     /// Why, in words for the record: who asked for the rollback.
     pub rollback_reason: Option<String>,
     changed: bool,
@@ -423,6 +427,7 @@ impl Watcher {
             continue_noted: BTreeSet::new(),
             events: Vec::new(),
             rollback_requested: false,
+            timing_out: false,
             rollback_reason: None,
             changed: false,
             live,
@@ -462,6 +467,7 @@ impl Watcher {
     /// A timeout while held: processes blocked on the frozen filesystem can only die once it
     /// is thawed, and the run is a failure anyway: roll back (which thaws).
     pub fn stop_for_timeout(&mut self) {
+        self.timing_out = true;
         if self.held {
             self.request_rollback("the command ran past its timeout while held");
         }
@@ -850,18 +856,41 @@ impl Watcher {
     /// Extends, brakes or holds item `i` as its numbers say; true when it is in danger.
     fn decide(&mut self, i: usize, dirty: u64) -> bool {
         let horizon = self.extend_cost + Duration::from_millis(300);
+        // While guard bounds the page cache the writer can fill it to the bound at any moment,
+        // whatever the last (up to 250 ms old) reading said. Braked, it counts too: the brake
+        // ends on this same test, and a writer let go must not find the hold's room gone.
+        let dirty = match self.dirty_limit.as_ref().and_then(|d| d.current) {
+            Some(bound) if bound > 0 && !self.held => dirty.max(bound),
+            _ => dirty,
+        };
         let it = &self.items[i];
         let base = it.base.unwrap_or(0);
         let vg_full = self.vg_full.contains(&it.vg);
-        let data_need = needs_extension(
-            it.size,
-            it.used,
-            base,
-            it.rate,
-            dirty,
-            horizon,
-            self.cfg.extend_at,
-        );
+        // What lands before the watcher can act again: a host that delays its samples (a busy
+        // or throttled machine) delays the hold as much. Capped: one slow tick (a journal
+        // fsync) must not make a fast writer's hold come gigabytes early.
+        let lead = match (it.prev, it.last) {
+            (Some(p), Some(l)) => (l.duration_since(p) * 2).clamp(MIN_LEAD, MAX_LEAD),
+            _ => MIN_LEAD,
+        };
+        let block = if it.thin { it.block_bytes } else { 0 };
+        // With no room left to add, the hold must leave room for a writer at its full speed.
+        let danger_rate = if vg_full || !it.extendable {
+            it.rate.max(it.peak_rate)
+        } else {
+            it.rate
+        };
+        // in danger is always reason to extend where there is room
+        let data_need = in_danger(it.size, it.used, danger_rate, dirty, lead, block)
+            || needs_extension(
+                it.size,
+                it.used,
+                base,
+                it.rate,
+                dirty,
+                horizon,
+                self.cfg.extend_at,
+            );
         let meta_need = it.thin
             && it.meta_size > 0
             && needs_extension(
@@ -921,25 +950,13 @@ impl Watcher {
             }
         }
         let it = &self.items[i];
-        // With no room left to add, the hold must leave room for a writer at its full speed.
+        // With no room left to add, the hold must leave room for a writer at its full speed,
+        // even one that has not shown it yet (ASSUMED_RATE).
         let rate = if self.vg_full.contains(&it.vg) || !it.extendable {
-            it.rate.max(it.peak_rate)
+            it.rate.max(it.peak_rate).max(ASSUMED_RATE)
         } else {
             it.rate
         };
-        // What lands before the watcher can act again: a host that delays its samples (a busy
-        // or throttled machine) delays the hold as much.
-        let lead = match (it.prev, it.last) {
-            (Some(p), Some(l)) => (l.duration_since(p) * 2).min(Duration::from_secs(1)),
-            _ => MIN_LEAD,
-        };
-        // While guard bounds the page cache the writer can fill it to the bound at any moment,
-        // whatever the last (up to 250 ms old) reading said.
-        let dirty = match self.dirty_limit.as_ref().and_then(|d| d.current) {
-            Some(bound) if bound > 0 && !self.is_paused() => dirty.max(bound),
-            _ => dirty,
-        };
-        let block = if it.thin { it.block_bytes } else { 0 };
         // pool metadata that fills is as fatal as data: the pool turns read-only
         let danger = in_danger(it.size, it.used, rate, dirty, lead, block)
             || (it.thin
@@ -1146,6 +1163,13 @@ impl Watcher {
         // under processes that must exit first (a writer waiting on a frozen filesystem cannot
         // die), and the rollback waits for them.
         if self.rollback_requested {
+            return;
+        }
+        // Past its timeout the command is a failure and is being killed: a hold now would freeze
+        // it where SIGKILL cannot reach it (a writer waiting on a frozen filesystem), and
+        // nothing would thaw it. Roll back at once instead (kills, and thaws what was held).
+        if self.timing_out {
+            self.request_rollback("the command ran past its timeout and its room ran out");
             return;
         }
         let it = &self.items[i];
@@ -1627,6 +1651,46 @@ mod tests {
         assert!(w.decide(0, 0));
         assert!(w.held, "a lasting failure must reach --when-full");
         assert!(w.events.iter().any(|e| e.kind == "froze"));
+    }
+
+    #[test]
+    fn a_full_vg_holds_while_a_fast_writer_could_still_fill_the_room() {
+        // 16 MiB free of 44, no VG room, the writer only seen at 2 MiB/s (it was braked): a
+        // disk writing back at 300 MiB/s fills that between two samples, so hold now
+        let mut w = watcher();
+        w.vg_full.insert("vg".into());
+        w.items[0].size = 44 << 20;
+        w.items[0].used = 28 << 20;
+        w.items[0].rate = 2.0 * (1 << 20) as f64;
+        w.items[0].peak_rate = w.items[0].rate;
+        assert!(w.decide(0, 0));
+        assert!(w.held);
+        // half of it free: no hold
+        let mut w = watcher();
+        w.vg_full.insert("vg".into());
+        w.items[0].size = 88 << 20;
+        w.items[0].used = 44 << 20;
+        assert!(!w.decide(0, 0));
+        assert!(!w.held);
+    }
+
+    #[test]
+    fn no_hold_once_the_command_is_being_killed() {
+        // past the timeout: a hold would freeze the command where SIGKILL cannot reach it
+        let mut w = watcher();
+        w.vg_full.insert("vg".into());
+        w.items[0].used = w.items[0].size;
+        w.stop_for_timeout();
+        assert!(w.decide(0, 0));
+        assert!(!w.held && w.frozen.is_none(), "no hold while timing out");
+        assert!(w.rollback_requested, "a timed-out run in danger rolls back");
+        // and once the rollback is asked for, no new hold or brake either
+        assert!(w.decide(0, 0));
+        assert!(!w.held && !w.braked);
+        assert!(!w
+            .events
+            .iter()
+            .any(|e| e.kind == "froze" || e.kind == "paused"));
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub fn meta_step(meta_size: u64) -> u64 {
     (meta_size / 2).max(MIN_STEP / 2)
 }
 
+/// The write rate assumed for a writer not yet seen at full speed, once nothing can be added (VG
+/// full): a command let go after a brake writes back at the device's pace, and a fast disk fills
+/// a few MiB between two samples. Nothing smaller can be held in time by sampling.
+pub const ASSUMED_RATE: f64 = 256.0 * 1024.0 * 1024.0;
+
 /// The shortest time the watcher counts on to act (sample, decide, stop the writer).
 pub const MIN_LEAD: Duration = Duration::from_millis(100);
 

@@ -230,7 +230,9 @@ powercut() {
     check_armed "$W/run"
     : > "$W/console.log"
     g 'systemctl reboot' 2>/dev/null
-    if t=$(wait_console "guard: trial boot of run $run failed: rolling vg0/root back" 600); then
+    # cut once lvconvert has scheduled the merge (its own line), not at guard's line before it:
+    # a cut between the two leaves nothing merging, and the next boot starts the merge afresh
+    if t=$(wait_console "Merging of snapshot vg0/root-guard-$run will occur on next activation" 600); then
       note "reboot to the fallback's merge: ${t}s"
       kill -9 "$(cat "$W/qemu.pid")"; sleep 1
       ok "power cut as the fallback's merge started"
