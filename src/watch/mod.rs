@@ -739,12 +739,10 @@ impl Watcher {
             let Some(p) = dm::parse_thin_pool(&t.params) else {
                 return false;
             };
-            match pool_state(&p) {
-                PoolState::Failed | PoolState::ReadOnly => {
-                    self.pool_unusable(i, pool_state(&p));
-                    return false;
-                }
-                PoolState::Writable | PoolState::OutOfData => {}
+            let state = pool_state(&p);
+            if matches!(state, PoolState::Failed | PoolState::ReadOnly) {
+                self.pool_unusable(i, state);
+                return false;
             }
             // the pool device's length is its data size: no need for the plan to know it
             let pool_bytes = if t.length > 0 {
@@ -754,7 +752,7 @@ impl Watcher {
             };
             let block = pool_bytes / p.data_total.max(1);
             let it = &mut self.items[i];
-            it.out_of_data = pool_state(&p) == PoolState::OutOfData;
+            it.out_of_data = state == PoolState::OutOfData;
             it.block_bytes = block;
             it.meta_size = p.meta_total * THIN_META_BLOCK;
             it.meta_used = p.meta_used * THIN_META_BLOCK;
@@ -853,6 +851,18 @@ impl Watcher {
         );
     }
 
+    /// The write rate item `i`'s danger test allows for. With no room left to add (the VG is
+    /// full, or a pending merge cannot be extended) the hold must leave room for a writer at its
+    /// full speed, even one that has not shown it yet (ASSUMED_RATE).
+    fn hold_rate(&self, i: usize) -> f64 {
+        let it = &self.items[i];
+        if self.vg_full.contains(&it.vg) || !it.extendable {
+            it.rate.max(it.peak_rate).max(ASSUMED_RATE)
+        } else {
+            it.rate
+        }
+    }
+
     /// Extends, brakes or holds item `i` as its numbers say; true when it is in danger.
     fn decide(&mut self, i: usize, dirty: u64) -> bool {
         let horizon = self.extend_cost + Duration::from_millis(300);
@@ -874,14 +884,8 @@ impl Watcher {
             _ => MIN_LEAD,
         };
         let block = if it.thin { it.block_bytes } else { 0 };
-        // With no room left to add, the hold must leave room for a writer at its full speed.
-        let danger_rate = if vg_full || !it.extendable {
-            it.rate.max(it.peak_rate)
-        } else {
-            it.rate
-        };
         // in danger is always reason to extend where there is room
-        let data_need = in_danger(it.size, it.used, danger_rate, dirty, lead, block)
+        let data_need = in_danger(it.size, it.used, self.hold_rate(i), dirty, lead, block)
             || needs_extension(
                 it.size,
                 it.used,
@@ -950,15 +954,8 @@ impl Watcher {
             }
         }
         let it = &self.items[i];
-        // With no room left to add, the hold must leave room for a writer at its full speed,
-        // even one that has not shown it yet (ASSUMED_RATE).
-        let rate = if self.vg_full.contains(&it.vg) || !it.extendable {
-            it.rate.max(it.peak_rate).max(ASSUMED_RATE)
-        } else {
-            it.rate
-        };
         // pool metadata that fills is as fatal as data: the pool turns read-only
-        let danger = in_danger(it.size, it.used, rate, dirty, lead, block)
+        let danger = in_danger(it.size, it.used, self.hold_rate(i), dirty, lead, block)
             || (it.thin
                 && it.meta_size > 0
                 && in_danger(it.meta_size, it.meta_used, 0.0, 0, MIN_LEAD, 0));
