@@ -11,6 +11,7 @@
 //   boot/   trial boots: boot chain check, GRUB entries and counter, confirmation, fallback
 //   cli/    the command line, report rendering, policy files, man page
 pub mod boot;
+pub mod change;
 pub mod cli;
 pub mod dm;
 pub mod error;

@@ -17,6 +17,7 @@ fn check(doc: &serde_json::Value, what: &str) {
         Some("guard.report/1") => "report",
         Some("guard.status/1") => "status",
         Some("guard.policy/1") => "policy",
+        Some("guard.diff/1") => "diff",
         other => panic!("{what}: unknown schema {other:?}"),
     };
     let v = schema(kind);

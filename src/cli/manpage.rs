@@ -34,6 +34,9 @@ not be recovered.
 The journal: one file per run, written atomically at every phase change (GUARD_STATE_DIR
 overrides /var/lib/guard).
 .TP
+\fI/var/lib/guard/runs/RUN.changes\fR
+The paths (and dpkg packages) a run changed, recorded while it ran; read by \fBguard diff\fR.
+.TP
 \fI/var/lib/guard/saved/RUN/\fR
 Copies of paths outside LVM (e.g. /boot) saved before a change, restored on rollback.
 .TP
@@ -61,6 +64,18 @@ A runbook line, with a machine\-readable report for the pipeline:
 .TP
 See what is pending, and undo a kept run:
 \fBguard status\fR; \fBguard rollback RUN\fR
+.TP
+What a run changed (paths, and packages when dpkg ran), and one file's edit:
+\fBguard diff RUN\fR; \fBguard diff RUN \-\-content /etc/nginx/nginx.conf\fR
+.TP
+Take back one path from a kept run's snapshot, leaving the rest of the change:
+\fBguard restore RUN /etc/nginx/nginx.conf\fR
+.TP
+Keep the logs of what went wrong across a rollback:
+\fBguard \-\-policy apt \-\-preserve /var/log \-\- apt\-get \-y dist\-upgrade\fR
+.TP
+Try the command on clones of the volumes first; production is not written to:
+\fBguard rehearse \-\-policy apt \-\- apt\-get \-y dist\-upgrade\fR
 .SH "SEE ALSO"
 \fBlvcreate\fR(8), \fBlvconvert\fR(8), \fBlvmthin\fR(7), \fBjournalctl\fR(1)
 "#;

@@ -43,7 +43,10 @@ Examples:
   guard --mount / --mount /var -- apt-get -y dist-upgrade
   guard --lv vg0/app --timeout 10m -- ./deploy.sh v2.3
   guard --lv vg0/data --dry-run -- true
+  guard rehearse --policy apt -- apt-get -y dist-upgrade
   guard status
+  guard diff 20261127-101500-3f9a
+  guard restore 20261127-101500-3f9a /etc/nginx/nginx.conf
   guard rollback --finish 20261127-101500-3f9a";
 
 #[derive(Debug, Parser)]
@@ -120,6 +123,14 @@ pub struct RunArgs {
     /// [default: the policy's, else 10m]
     #[arg(long, value_name = "DURATION")]
     pub trial_deadline: Option<String>,
+    /// Keep this path's contents through a rollback (e.g. /var/log: the logs of what went
+    /// wrong); copied into the snapshot just before it is merged (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub preserve: Vec<PathBuf>,
+    /// Do not record which paths the command changes (`guard diff` of a kept run then compares
+    /// its snapshot instead)
+    #[arg(long)]
+    pub no_record: bool,
     /// Print the plan (targets, snapshot kinds and sizes, VG space) and change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -212,6 +223,8 @@ impl SnapshotArgs {
             trial_boot: false,
             no_trial_boot: true,
             trial_deadline: None,
+            preserve: vec![],
+            no_record: false,
             dry_run: self.dry_run,
             wait: self.wait,
             json: self.json,
@@ -268,6 +281,53 @@ pub enum Sub {
         #[arg(long)]
         finish: bool,
     },
+    /// What a run changed: paths added, modified, deleted and moved per volume (recorded while
+    /// it ran), and the packages it installed, upgraded or removed
+    Diff {
+        #[arg(value_name = "RUN")]
+        run: String,
+        /// Only paths under this one
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// Machine-readable output (schema guard.diff/1)
+        #[arg(long)]
+        json: bool,
+        /// Compare the kept run's snapshot with the live filesystem instead of reading the
+        /// recording (metadata first, contents where it differs)
+        #[arg(long)]
+        compare: bool,
+        /// A unified diff of this file: as it was before the run (its kept snapshot) and now
+        #[arg(long, value_name = "PATH", conflicts_with = "path")]
+        content: Option<PathBuf>,
+    },
+    /// Mount a kept run's snapshots read-only (how the volumes were before it); one volume at
+    /// DIR, several at DIR/VG/LV [default DIR: /run/guard/mnt/RUN]
+    Mount {
+        #[arg(value_name = "RUN")]
+        run: String,
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Unmount what `guard mount RUN` mounted
+    Umount {
+        #[arg(value_name = "RUN")]
+        run: String,
+    },
+    /// Take paths back from a kept run's snapshot (contents, owner, mode, times, xattrs, ACLs);
+    /// the rest of the change stays
+    Restore {
+        #[arg(value_name = "RUN")]
+        run: String,
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
+        /// Make each path exactly as it was: remove what the run added inside it, and a path
+        /// that did not exist before the run
+        #[arg(long)]
+        exact: bool,
+    },
+    /// Run a command on writable copies of the volumes, in a private mount namespace, and
+    /// show what it would change; production is not written to and the copies are removed
+    Rehearse(RunArgs),
     /// Trial boots (--trial-boot): `confirm` is run by guard-confirm.service in a trial boot
     Trial {
         #[command(subcommand)]
@@ -390,7 +450,27 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
             "add --keep 1d (or --no-trial-boot)",
         ));
     }
+    let mut preserve = p.preserve.clone();
+    for x in &a.preserve {
+        if !x.is_absolute()
+            || x.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(Error::refused(
+                format!(
+                    "--preserve {}: give an absolute path without ..",
+                    x.display()
+                ),
+                "e.g. --preserve /var/log",
+            ));
+        }
+        if !preserve.contains(x) {
+            preserve.push(x.clone());
+        }
+    }
     Ok(RunOptions {
+        preserve,
+        record: !a.no_record,
         request: PlanRequest { lvs, mounts, size },
         command: a.command.clone(),
         timeout,
@@ -557,6 +637,45 @@ fn dispatch(cli: Cli) -> Result<i32> {
             preflight()?;
             let sum = recover::recover(&lvm, &journal, expire)?;
             Ok(if sum.errors > 0 { 1 } else { 0 })
+        }
+        Sub::Diff {
+            run,
+            path,
+            json,
+            compare,
+            content,
+        } => {
+            preflight()?;
+            crate::ops::see::diff(
+                &lvm,
+                &journal,
+                &crate::ops::see::DiffArgs {
+                    run,
+                    json,
+                    compare,
+                    content,
+                    path,
+                },
+            )
+        }
+        Sub::Mount { run, dir } => {
+            preflight()?;
+            crate::ops::see::mount(&lvm, &journal, &run, dir)
+        }
+        Sub::Umount { run } => {
+            preflight()?;
+            crate::ops::see::umount(&lvm, &journal, &run)
+        }
+        Sub::Restore { run, paths, exact } => {
+            preflight()?;
+            crate::ops::see::restore(&lvm, &journal, &run, &paths, exact)
+        }
+        Sub::Rehearse(a) => {
+            ui::set_quiet(a.quiet);
+            let policy = a.policy.as_deref().map(policy::load).transpose()?;
+            let opts = build_run_options(&a, policy.as_ref())?;
+            preflight()?;
+            Ok(crate::run::rehearse::rehearse(&lvm, &journal, &opts))
         }
         Sub::Commit { run } => {
             preflight()?;

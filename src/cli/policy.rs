@@ -89,6 +89,9 @@ pub struct Targets {
     /// run is rolled back (e.g. /boot, so kernels stay in step with / and /lib/modules).
     #[serde(default)]
     pub save_unless_on_lvm: Vec<PathBuf>,
+    /// Paths whose contents at a rollback are kept through it (the logs of what went wrong).
+    #[serde(default)]
+    pub preserve: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -158,6 +161,7 @@ pub struct Policy {
     pub mounts: Vec<PathBuf>,
     pub warn_unless_on_lvm: Vec<PathBuf>,
     pub save_unless_on_lvm: Vec<PathBuf>,
+    pub preserve: Vec<PathBuf>,
     pub size: Option<crate::size::SizeSpec>,
     pub freeze: Option<bool>,
     pub freeze_timeout: Option<Duration>,
@@ -481,6 +485,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         .iter()
         .chain(&f.targets.warn_unless_on_lvm)
         .chain(&f.targets.save_unless_on_lvm)
+        .chain(&f.targets.preserve)
     {
         if !m.is_absolute() {
             return Err(key_error(
@@ -536,6 +541,7 @@ fn validate(name: &str, origin: &str, text: &str, f: PolicyFile) -> Result<Polic
         mounts: f.targets.mounts,
         warn_unless_on_lvm: f.targets.warn_unless_on_lvm,
         save_unless_on_lvm: f.targets.save_unless_on_lvm,
+        preserve: f.targets.preserve,
         size,
         freeze: f.snapshot.freeze,
         freeze_timeout: duration(origin, text, "freeze_timeout", &f.snapshot.freeze_timeout)?,
@@ -718,6 +724,7 @@ pub struct Effective {
     pub mounts: Vec<String>,
     pub warn_unless_on_lvm: Vec<String>,
     pub save_unless_on_lvm: Vec<String>,
+    pub preserve: Vec<String>,
     pub size: String,
     pub freeze: bool,
     pub freeze_timeout_seconds: f64,
@@ -756,6 +763,7 @@ pub fn effective(p: &Policy, o: &crate::run::RunOptions) -> Effective {
             .iter()
             .map(|m| m.display().to_string())
             .collect(),
+        preserve: o.preserve.iter().map(|m| m.display().to_string()).collect(),
         size: o.request.size.to_string(),
         freeze: o.freeze,
         freeze_timeout_seconds: o.freeze_limit.as_secs_f64(),
@@ -831,6 +839,9 @@ pub fn effective_text(e: &Effective) -> String {
             "  saved and restored on rollback unless on LVM: {}\n",
             e.save_unless_on_lvm.join(", ")
         );
+    }
+    if !e.preserve.is_empty() {
+        t += &format!("  kept across a rollback: {}\n", e.preserve.join(", "));
     }
     t += &format!("  size:         {}\n", e.size);
     t += &format!(

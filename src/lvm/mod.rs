@@ -142,6 +142,8 @@ pub trait Lvm {
     /// Writes the VG's metadata backup (/etc/lvm/backup), skipped while volumes were held.
     fn backup_metadata(&self, vg: &str) -> Result<()>;
     /// Activates an LV, also one LVM skips at activation (a thin snapshot), to read it.
+    /// Deactivates an LV guard activated for a moment (a thin snapshot read by `guard diff`).
+    fn deactivate(&self, vg: &str, lv: &str) -> Result<()>;
     fn activate(&self, vg: &str, lv: &str) -> Result<()>;
 }
 

@@ -94,6 +94,13 @@ impl Lvm for RealLvm {
         }
     }
 
+    fn deactivate(&self, vg: &str, lv: &str) -> Result<()> {
+        self.lvm("lvchange")?
+            .args(["-q", "-an", &format!("{vg}/{lv}")])
+            .run_checked()
+            .map(drop)
+    }
+
     fn activate(&self, vg: &str, lv: &str) -> Result<()> {
         self.lvm("lvchange")?
             .args(["-q", "-ay", "-K", &format!("{vg}/{lv}")])

@@ -220,6 +220,14 @@ impl Lvm for SimLvm {
         Ok(false)
     }
 
+    fn deactivate(&self, vg: &str, lv: &str) -> Result<()> {
+        self.state
+            .borrow_mut()
+            .calls
+            .push(format!("deactivate {vg}/{lv}"));
+        Ok(())
+    }
+
     fn activate(&self, vg: &str, lv: &str) -> Result<()> {
         self.state
             .borrow_mut()

@@ -1,6 +1,7 @@
 //! The typed states of a run's targets, with no I/O: one place that says what a rollback of a
 //! target came to, and what that means for the run as a whole. Strings compared in several
 //! places let a failed merge be reported as done; an enum cannot be misspelt.
+pub mod change;
 pub mod record;
 use serde::{Deserialize, Serialize};
 

@@ -137,6 +137,16 @@ pub struct RunRecord {
     /// (a backup), never a rollback point. Ending such a run always removes them.
     #[serde(default)]
     pub copy: Option<CopyRun>,
+    /// `guard mount RUN`: a kept run's snapshots mounted read-only for the operator; commit and
+    /// rollback unmount them first (a mounted snapshot cannot be merged or removed).
+    #[serde(default)]
+    pub mounted: Option<CopyRun>,
+    /// `--preserve`: paths whose contents at the rollback are kept through it.
+    #[serde(default)]
+    pub preserve: Vec<PathBuf>,
+    /// `guard restore RUN PATH`: what was taken back from the snapshot, when.
+    #[serde(default)]
+    pub restored: Vec<Event>,
     /// Advice about the run (a thick target under a database policy).
     #[serde(default)]
     pub notes: Vec<String>,

@@ -2,8 +2,10 @@
 //! the background watcher) act under the run's lock and its volumes' locks, on the record read
 //! again under those locks: two of them can never interleave on one run (a set half rolled back
 //! and half committed, or a watcher writing "kept" over a finished commit).
+pub mod preserve;
 pub mod recover;
 pub mod rollback;
+pub mod see;
 pub mod status;
 use crate::error::Result;
 use crate::lvm::{self, Lvm};

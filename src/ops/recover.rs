@@ -111,6 +111,9 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             mounted: vec![],
         }),
         notes: vec![],
+        mounted: None,
+        restored: vec![],
+        preserve: vec![],
         trial: None,
     })
 }

@@ -233,9 +233,22 @@ pub fn rollback_with(
         None => lvm.lvs()?,
     };
     refuse_copy(rec, &lvs)?;
+    // `guard mount`'s mounts first: a mounted snapshot would only merge at its next activation
+    crate::ops::see::release_mounts(journal, rec)?;
     // Resuming after guard was killed mid-rollback: a snapshot that is gone was merged (guard
     // removes snapshots in this phase only by merging them).
     let resuming = rec.phase == Phase::RollingBack;
+    if !resuming && !rec.preserve.is_empty() {
+        let invalid: Vec<bool> = match known {
+            Some(k) => k.iter().map(|k| k.invalid).collect(),
+            None => rec
+                .targets
+                .iter()
+                .map(|t| lvm::find(&lvs, &t.vg, &t.snapshot).is_none_or(|s| s.invalid || s.merging))
+                .collect(),
+        };
+        crate::ops::preserve::preserve(lvm, rec, &invalid);
+    }
     rec.phase = Phase::RollingBack;
     journal.write(rec)?;
     let mut todo = Vec::new();

@@ -186,3 +186,18 @@ pub fn human_text(st: &Status) -> String {
     }
     s
 }
+
+/// A run's phase as one word (the journal's spelling), with how a finished run ended.
+pub fn phase_word(r: &RunRecord) -> String {
+    let phase = serde_json::to_value(r.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match (r.phase, r.final_state) {
+        (Phase::Done, Some(f)) => serde_json::to_value(f)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or(phase),
+        _ => phase,
+    }
+}

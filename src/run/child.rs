@@ -230,6 +230,7 @@ pub fn run(spec: &RunSpec, sig: &SignalState, obs: &mut dyn Observer) -> Result<
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
+    crate::run::rehearse::confine(&mut cmd);
     let tty = foreground_tty();
     if tty {
         // SAFETY: the closure only calls async-signal-safe functions.

@@ -158,6 +158,8 @@ fn command(argv: &[String], env: &HookEnv, point: &str) -> Result<Command> {
     if let Some(s) = env.exit_status {
         c.env("GUARD_EXIT_STATUS", s.to_string());
     }
+    // in a rehearsal, checks run where the command ran
+    crate::run::rehearse::confine(&mut c);
     Ok(c)
 }
 

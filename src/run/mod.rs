@@ -5,6 +5,7 @@ pub mod child;
 pub mod copy;
 pub mod hooks;
 pub mod plan;
+pub mod rehearse;
 use crate::cli::report::Report;
 use crate::error::{Error, Result};
 use crate::log::Kind;
@@ -75,6 +76,10 @@ pub struct RunOptions {
     /// Arm a trial boot when the run ends kept (boot/).
     pub trial_boot: bool,
     pub trial_deadline: Duration,
+    /// Paths whose contents at a rollback are kept through it (logs).
+    pub preserve: Vec<PathBuf>,
+    /// Record the paths the command changes (fanotify), for `guard diff`.
+    pub record: bool,
 }
 
 fn lossy(args: &[OsString]) -> Vec<String> {
@@ -145,6 +150,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         )?;
         return Ok(128 + s);
     }
+    let recording = Recording::start(&plan, journal, opts.record);
     let (finished, watcher, mut rec) = run_stage(journal, opts, &plan, rec, &sig)?;
     let finished = match finished {
         Ok(f) => f,
@@ -154,6 +160,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
+    recording.finish(journal, &rec);
     let code = decide_stage(
         lvm, journal, opts, &mut rec, &finished, &watcher, &sig, &env,
     )?;
@@ -285,6 +292,129 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
     Ok(code)
+}
+
+/// What the command changes, recorded while it runs (`guard diff RUN`): fanotify on each
+/// mounted target, and dpkg's database before and after when it lives on a target.
+struct Recording {
+    recorder: Option<crate::change::record::Recorder>,
+    /// (index into the targets, mount point) of what is recorded
+    watched: Vec<(usize, PathBuf)>,
+    dpkg_before: Option<String>,
+    why_not: Option<String>,
+}
+
+impl Recording {
+    fn start(plan: &Plan, journal: &Journal, record: bool) -> Recording {
+        use crate::change::record::{Recorder, Watch};
+        let table = crate::mounts::read().unwrap_or_default();
+        // a mount of the whole filesystem (a bind mount of a subfolder would name paths wrongly)
+        let watched: Vec<(usize, PathBuf)> = plan
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                t.mountpoints
+                    .iter()
+                    .find(|mp| {
+                        table
+                            .iter()
+                            .any(|m| &m.mountpoint == *mp && m.root == std::path::Path::new("/"))
+                    })
+                    .map(|mp| (i, mp.clone()))
+            })
+            .collect();
+        let status = std::path::Path::new("/").join(crate::change::dpkg::STATUS);
+        let dpkg_on_target = crate::mounts::containing(&table, &status)
+            .is_some_and(|m| watched.iter().any(|(_, mp)| *mp == m.mountpoint));
+        let dpkg_before = dpkg_on_target
+            .then(|| std::fs::read_to_string(&status).ok())
+            .flatten();
+        let watches: Vec<Watch> = watched
+            .iter()
+            .map(|(i, mp)| Watch {
+                target: plan.targets[*i].full_name(),
+                mountpoint: mp.clone(),
+            })
+            .collect();
+        let exclude = vec![
+            journal.dir().to_path_buf(),
+            crate::store::journal::fallback_dir(),
+        ];
+        let (recorder, why_not) = if watches.is_empty() {
+            (None, None)
+        } else if !record {
+            (None, Some("paths not recorded (--no-record)".to_string()))
+        } else {
+            match Recorder::start(watches, exclude, rehearse::RECORD_LIMIT) {
+                Ok(r) => (Some(r), None),
+                Err(e) => {
+                    let why = format!("paths not recorded (fanotify: {e}); `guard diff --compare RUN` compares a kept run's snapshot");
+                    ui::warn(&why);
+                    (None, Some(why))
+                }
+            }
+        };
+        Recording {
+            recorder,
+            watched,
+            dpkg_before,
+            why_not,
+        }
+    }
+
+    /// Stops recording and keeps the list beside the run's record.
+    fn finish(self, journal: &Journal, rec: &RunRecord) {
+        use crate::model::change::{ChangeSource, RunChanges, TargetChanges};
+        if self.watched.is_empty() {
+            return;
+        }
+        let recording = self.recorder.map(|r| r.stop());
+        let now = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|m| m.is_dir());
+        let unknown = |_: &std::path::Path| None;
+        let targets = self
+            .watched
+            .iter()
+            .enumerate()
+            .map(|(k, (i, mp))| {
+                let t = &rec.targets[*i];
+                match recording.as_ref().and_then(|r| r.targets.get(k)) {
+                    Some(tr) => {
+                        let mut c = crate::change::record::classify(tr, &now, &unknown);
+                        c.target = format!("{}/{}", t.vg, t.lv);
+                        c.mountpoint = Some(mp.clone());
+                        c
+                    }
+                    None => TargetChanges {
+                        target: format!("{}/{}", t.vg, t.lv),
+                        mountpoint: Some(mp.clone()),
+                        source: ChangeSource::None,
+                        complete: false,
+                        changes: vec![],
+                        more_under: vec![],
+                        note: self.why_not.clone(),
+                    },
+                }
+            })
+            .collect();
+        let status = std::path::Path::new("/").join(crate::change::dpkg::STATUS);
+        let packages = match (&self.dpkg_before, std::fs::read_to_string(&status)) {
+            (Some(b), Ok(a)) if *b != a => crate::change::dpkg::diff(
+                &crate::change::dpkg::parse(b),
+                &crate::change::dpkg::parse(&a),
+            ),
+            _ => vec![],
+        };
+        let c = RunChanges {
+            schema: crate::model::change::SCHEMA.into(),
+            run: rec.id.clone(),
+            targets,
+            packages,
+        };
+        if let Err(e) = journal.write_changes(&c) {
+            ui::warn(&format!("cannot keep the list of changed paths: {e}"));
+        }
+    }
 }
 
 /// Another guard holding the journal's filesystem frozen (its VG is full): this run's first
@@ -801,6 +931,9 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
                 mounted: vec![],
             }),
         notes: plan::notes(plan, opts.prefer_thin),
+        mounted: None,
+        restored: vec![],
+        preserve: opts.preserve.clone(),
         trial: None,
     }
 }
@@ -1153,6 +1286,8 @@ fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> R
 
 /// Removes the run's snapshots: the change stays.
 pub fn commit(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<()> {
+    // `guard mount`'s mounts first: a mounted snapshot cannot be removed
+    crate::ops::see::release_mounts(journal, rec)?;
     // a trial still armed would boot into a fallback whose snapshots are gone
     end_trial(rec, "committed");
     rec.phase = Phase::Committing;

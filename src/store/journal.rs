@@ -280,6 +280,37 @@ impl Journal {
             .map_err(|e| Error::Other(format!("journal file {} is damaged: {e}", p.display())))
     }
 
+    /// A run's change (`guard diff`), beside its record: written once when the command ends,
+    /// not with every record write (it can hold many paths).
+    pub fn write_changes(&self, c: &crate::model::change::RunChanges) -> Result<()> {
+        self.ensure_dir()?;
+        let ctx = |what: &str| format!("cannot {what} the change list in {}", self.dir.display());
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".changes-")
+            .tempfile_in(&self.dir)
+            .map_err(|e| Error::io(ctx("write"), e))?;
+        tmp.write_all(&serde_json::to_vec(c)?)
+            .map_err(|e| Error::io(ctx("write"), e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(ctx("sync"), e))?;
+        tmp.persist(self.dir.join(format!("{}.changes", c.run)))
+            .map_err(|e| Error::io(ctx("rename into"), e.error))?;
+        Ok(())
+    }
+
+    /// None when the run has no change list (older guard, or the command never ran).
+    pub fn load_changes(&self, id: &str) -> Result<Option<crate::model::change::RunChanges>> {
+        let p = self.dir.join(format!("{id}.changes"));
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Other(format!("change list {} is damaged: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("cannot read {}", p.display()), e)),
+        }
+    }
+
     /// Every run, oldest first. Damaged files are reported, not fatal: one bad file must not
     /// stop recovery of the others.
     pub fn list(&self) -> (Vec<RunRecord>, Vec<String>) {
@@ -422,6 +453,9 @@ mod tests {
             downtime_ms: None,
             copy: None,
             notes: vec![],
+            mounted: None,
+            restored: vec![],
+            preserve: vec![],
             trial: None,
         }
     }

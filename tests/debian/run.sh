@@ -219,6 +219,53 @@ else bad "boot"; fi
 end
 fi
 
+# 7. issue 14: rehearse the bad upgrade on a clone (the server stays as it was), then keep a good
+#    upgrade and see it: guard diff lists the packages with versions, a file's diff, one path back
+if want rehearse_and_diff; then
+begin rehearse_then_diff_of_a_kept_upgrade
+if start_vm; then
+  repo bad; pkgstate > "$W/before"; bootstate > "$W/boot-before"
+  g 'lvs -a --noheadings -o lv_name,lv_attr,lv_size,origin vg0' > "$W/lvs-before"
+  g 'systemctl show -p ActiveEnterTimestamp ssh cron' > "$W/svc-before"
+  g 'guard rehearse --policy apt -- apt-get -y dist-upgrade' > "$W/out" 2>&1; rc=$?
+  cp "$W/out" "$CACHE/rehearse.out"
+  check_eq "the rehearsal passes apt-get's exit status through (100)" "$rc" 100
+  check_out "it reports the failing package" "$W/out" "broken +guardtest-bad 2.0 left (half-configured|unpacked|half-installed)"
+  check_out "and what the upgrade did to the others" "$W/out" "upgraded +guardtest-ok 1.0 -> 2.0"
+  check_out "it names changed paths" "$W/out" "/usr/share/guardtest/guardtest-ok"
+  check_out "it says the kernel file it wrote in /boot is outside the protected volumes" "$W/out" "wrote outside the protected volumes, under /boot"
+  check_out "it says what a rehearsal cannot show" "$W/out" "does not show: services"
+  pkgstate > "$W/after"; bootstate > "$W/boot-after"
+  if cmp -s "$W/before" "$W/after"; then ok "the server's packages are as they were (dpkg status, conffile, /usr file)"; else bad "package state changed"; diff "$W/before" "$W/after" | sed 's/^/    | /'; fi
+  if cmp -s "$W/boot-before" "$W/boot-after"; then ok "/boot is as it was"; else bad "/boot changed"; fi
+  check_eq "dpkg --audit is clean" "$(g 'dpkg --audit' 2>&1)" ""
+  g 'lvs -a --noheadings -o lv_name,lv_attr,lv_size,origin vg0' > "$W/lvs-after"
+  if cmp -s "$W/lvs-before" "$W/lvs-after"; then ok "LVM as it was (no clone left)"; else bad "LVM changed"; diff "$W/lvs-before" "$W/lvs-after" | sed 's/^/    | /'; fi
+  g 'systemctl show -p ActiveEnterTimestamp ssh cron' > "$W/svc-after"
+  if cmp -s "$W/svc-before" "$W/svc-after"; then ok "no service was restarted"; else bad "a service was restarted"; fi
+  repo good
+  g 'guard --policy apt --keep 1h -- apt-get -y dist-upgrade' > "$W/out2" 2>&1; rc=$?
+  run=$(sed -nE 's/.*run ([0-9]{8}-[0-9]{6}-([0-9a-f]{16}|[0-9a-f]{4}))([^0-9a-f].*)?$/\1/p' "$W/out2" | head -1)
+  check_eq "the good upgrade is kept" "$rc" 0
+  g "guard diff $run" > "$W/diff" 2>&1
+  cp "$W/diff" "$CACHE/diff.out"
+  check_out "guard diff lists the upgraded packages with versions" "$W/diff" "upgraded +guardtest-ok 1.0 -> 2.0"
+  check_out "all of them" "$W/diff" "upgraded +guardtest-conf 1.0 -> 2.0"
+  check_out "and the changed conffile" "$W/diff" "c /etc/guardtest.conf"
+  g "guard diff --content /etc/guardtest.conf $run" > "$W/content" 2>&1
+  check_out "guard diff --content shows the conffile's old line" "$W/content" "^-setting=1.0"
+  check_out "and its new one" "$W/content" "^\+setting=2.0"
+  g "guard restore $run /etc/guardtest.conf" > "$W/restore" 2>&1; rc=$?
+  check_eq "guard restore of one conffile exits 0" "$rc" 0
+  check_eq "the conffile is as before" "$(g 'cat /etc/guardtest.conf')" "setting=1.0"
+  check_eq "the rest of the upgrade stays" "$(g 'cat /usr/lib/guardtest/data')" "data 2.0"
+  g "guard commit $run" > "$W/commit" 2>&1
+  if no_guard_lvs; then ok "committed: no snapshot left"; else bad "snapshot left"; fi
+  stop_vm
+else bad "boot"; fi
+end
+fi
+
 if want package_and_ansible && [ -z "$DEB" ]; then
   begin package_installed_and_ansible_rollout
   bad "no .deb in target/debian: build it first (tests/deb/check.sh, as scripts/test does)"

@@ -14,10 +14,10 @@
 set -euo pipefail
 CACHE=${GUARD_VM_CACHE:-$HOME/.cache/guard-vm}
 PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1 dmeventd libaio1
-      libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs libinih1 liburcu8"
+      libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs libinih1 liburcu8 acl attr"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=7
+RECIPE=8
 
 need_host_tools() {
   local missing="" p
@@ -67,13 +67,14 @@ prepare() {
   cp -a "$X/lib/x86_64-linux-gnu/device-mapper" "$R/lib/x86_64-linux-gnu/"
   cp -a "$X"/lib/x86_64-linux-gnu/liblvm2cmd* "$X"/lib/x86_64-linux-gnu/libdevmapper-event* "$R/lib/x86_64-linux-gnu/" 2>/dev/null || true
   for b in "$X/sbin/lvm" "$X/sbin/dmsetup" "$X/sbin/dmeventd" "$X/sbin/mkfs.ext4" "$X/sbin/e2fsck" \
-           "$X/usr/sbin/pdata_tools" "$X/sbin/mkfs.xfs" "$X/usr/sbin/xfs_freeze" "$X/usr/sbin/xfs_repair"; do
+           "$X/usr/sbin/pdata_tools" "$X/sbin/mkfs.xfs" "$X/usr/sbin/xfs_freeze" "$X/usr/sbin/xfs_repair" \
+           "$X/usr/bin/setfacl" "$X/usr/bin/getfacl" "$X/usr/bin/setfattr" "$X/usr/bin/getfattr"; do
     [ -e "$b" ] && copy_prog "$b" "$R" "$X"
   done
   # util-linux and coreutils as a real server has them (guard execs by PATH and gets these first)
   for b in /usr/bin/findmnt /usr/bin/lsblk /usr/sbin/fsfreeze /usr/sbin/blkid /usr/bin/mount /usr/bin/umount \
            /usr/bin/flock /usr/bin/setsid /usr/bin/setpriv /usr/bin/timeout /usr/bin/md5sum /usr/bin/sha256sum \
-           /usr/bin/stat /usr/bin/env /usr/bin/script; do
+           /usr/bin/stat /usr/bin/env /usr/bin/script /usr/bin/diff /usr/bin/find; do
     [ -e "$b" ] && copy_prog "$b" "$R"
   done
   # Rust binaries unwind through libgcc_s

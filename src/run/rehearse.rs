@@ -1,0 +1,562 @@
+//! `guard rehearse -- CMD`: the command run on writable snapshots of its volumes instead of
+//! the volumes themselves, to see what it would do on this very server.
+//!
+//! The snapshots are taken as for a guarded run (the same plan, locks, freeze of the set and
+//! watcher), then mounted writable in guard's own mount namespace. When `/` is a target the
+//! command is chrooted into its copy, with the other targets' copies mounted where they belong,
+//! /proc, /sys and /dev bound, an empty /run (no service manager to talk to), and every other
+//! filesystem under / as an overlay whose writes go to memory. Otherwise the copies are bound
+//! over the targets' mount points in the command's own namespace. Services are never started:
+//! a policy-rc.d that refuses (101) and SYSTEMD_OFFLINE=1. The policy's checks run in the same
+//! place. Then the outcome, the exit status and the change are printed, and the copies removed.
+//! The record is a copy run: never a rollback point, removed by `guard recover` if guard dies.
+use crate::change::view::{Access, View};
+use crate::error::{Error, Result};
+use crate::lvm::Lvm;
+use crate::model::change::{ChangeSource, RunChanges, TargetChanges};
+use crate::run::{child, hooks, plan, RunOptions};
+use crate::store::journal::{Journal, Outcome, Phase};
+use crate::ui;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Where the command and the checks of a rehearsal run, set up in each child before exec.
+struct Sandbox {
+    /// (source, target) bind mounts made in the child's own namespace (copies over mount points)
+    binds: Vec<(CString, CString)>,
+    chroot: Option<CString>,
+}
+
+static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
+
+/// Puts a child of a rehearsal into its sandbox (no-op outside a rehearsal). Called for the
+/// command (child.rs) and the checks (hooks.rs).
+pub fn confine(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let Some(sb) = SANDBOX.get().cloned() else {
+        return;
+    };
+    cmd.env("GUARD_REHEARSAL", "1").env("SYSTEMD_OFFLINE", "1");
+    // SAFETY: only raw system calls on memory prepared before the fork (no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            let err = std::io::Error::last_os_error;
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(err());
+            }
+            let root = c"/";
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(err());
+            }
+            for (s, t) in &sb.binds {
+                if libc::mount(
+                    s.as_ptr(),
+                    t.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(err());
+                }
+            }
+            if let Some(r) = &sb.chroot {
+                if libc::chroot(r.as_ptr()) != 0 || libc::chdir(root.as_ptr()) != 0 {
+                    return Err(err());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| Error::Other(format!("{} has a NUL byte", p.display())))
+}
+
+/// What a rehearsal cannot show, said every time.
+const LIMITS: &str = "a rehearsal does not show: services (none is started or restarted), \
+network side effects (downloads happen; remote systems are not rehearsed), and writes outside \
+the protected volumes (they go to memory and are listed, then dropped)";
+
+pub fn rehearse(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> i32 {
+    match execute(lvm, journal, opts) {
+        Ok(code) => code,
+        Err(e) => {
+            ui::error(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+/// Mounts made for the sandbox in guard's namespace, undone in reverse order.
+#[derive(Default)]
+struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    fn mount(
+        &mut self,
+        src: Option<&Path>,
+        at: &Path,
+        fstype: Option<&str>,
+        flags: nix::mount::MsFlags,
+        data: Option<&str>,
+    ) -> Result<()> {
+        nix::mount::mount(src, at, fstype, flags, data).map_err(|e| {
+            Error::Other(format!(
+                "rehearsal: cannot mount {} at {}: {e}",
+                src.map(|s| s.display().to_string()).unwrap_or_default(),
+                at.display()
+            ))
+        })?;
+        self.0.push(at.to_path_buf());
+        Ok(())
+    }
+
+    fn undo(&mut self) {
+        while let Some(at) = self.0.pop() {
+            if nix::mount::umount(&at).is_err() {
+                let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        self.undo();
+    }
+}
+
+fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
+    if opts.command.is_empty() {
+        return Err(Error::refused(
+            "no command given",
+            "put the command after --, e.g. guard rehearse --policy apt -- apt-get -y dist-upgrade",
+        ));
+    }
+    child::resolve_program(&opts.command[0])?;
+    let mut opts = opts.clone();
+    // the rehearsal's own rules: nothing of the policy that acts on the live system
+    opts.hooks.clear();
+    opts.trial_boot = false;
+    opts.save_unless_on_lvm.clear();
+    opts.preserve.clear();
+    opts.finish = false;
+    // short of room, the rehearsal stops: its copies are frozen, never production
+    opts.watch.when_full = crate::watch::WhenFull::Rollback;
+    let sig = child::SignalState::install()?;
+    let run_id = crate::store::journal::new_run_id();
+    crate::log::set_run(&run_id);
+    let planned = super::plan_stage(lvm, journal, &opts)?;
+    if opts.dry_run {
+        let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
+        ui::print_block(&plan::describe(&plan));
+        ui::print_block("dry run: nothing was changed (a rehearsal would run the command on writable snapshots of these volumes)\n");
+        return Ok(0);
+    }
+    super::refuse_if_journal_frozen(journal)?;
+    let (_locks, plan) = super::lock_stage(lvm, &opts, &run_id, &planned)?;
+    let started = Instant::now();
+    // a copy run: never merged, removed by recover if guard dies
+    let root = PathBuf::from("/run/guard/rehearse").join(&run_id);
+    opts.copy_root = Some(root.clone());
+    let env = hooks::HookEnv {
+        run_id: run_id.clone(),
+        targets: super::names(&plan),
+        ..Default::default()
+    };
+    let mut rec = super::snapshot_stage(lvm, journal, &opts, &plan, (&[], None), vec![], &env)?;
+    rec.notes.push(
+        "a rehearsal: the command ran on writable snapshots, production was not written to".into(),
+    );
+    let result = rehearse_on_copies(lvm, journal, &opts, &plan, &mut rec, &sig);
+    // whatever happened: the copies go
+    rec.phase = Phase::Decided;
+    journal.write(&mut rec)?;
+    let end = super::copy::end(lvm, journal, &mut rec);
+    let (code, changes) = result?;
+    if let Err(e) = end {
+        ui::error(&format!(
+            "the rehearsal's snapshots could not all be removed: {e}"
+        ));
+    }
+    if let Some(c) = &changes {
+        if let Err(e) = journal.write_changes(c) {
+            ui::warn(&format!("cannot keep the rehearsal's change list: {e}"));
+        }
+        ui::print_block(&crate::ops::see::human(&rec, c));
+    }
+    let report = crate::cli::report::Report::from_record(
+        &rec,
+        Some(started.elapsed().as_secs_f64()),
+        vec![],
+    );
+    super::emit_report(&report, &opts);
+    ui::print_block(&format!(
+        "rehearsal {}: the command {} (exit status {code}); production was not changed\nnote: {LIMITS}\n",
+        rec.id,
+        if rec.outcome == Some(Outcome::Success) { "succeeded" } else { "FAILED" },
+    ));
+    Ok(code)
+}
+
+#[allow(clippy::type_complexity)]
+fn rehearse_on_copies(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    opts: &RunOptions,
+    plan: &plan::Plan,
+    rec: &mut crate::store::journal::RunRecord,
+    sig: &child::SignalState,
+) -> Result<(i32, Option<RunChanges>)> {
+    use nix::mount::MsFlags;
+    let which: Vec<usize> = (0..rec.targets.len())
+        .filter(|&i| !rec.targets[i].mountpoints.is_empty())
+        .collect();
+    if which.is_empty() {
+        return Err(Error::refused(
+            "none of the volumes is mounted: there is nothing to run the command on",
+            "rehearse mounted volumes (--mount PATH)",
+        ));
+    }
+    let view = View::open(lvm, &rec.targets, &which, Access::System)?;
+    let mut mounts = Mounts::default();
+    let root_idx = which.iter().copied().find(|&i| {
+        rec.targets[i]
+            .mountpoints
+            .iter()
+            .any(|m| m == Path::new("/"))
+    });
+    // live mount point → where the command sees its copy, from guard's side
+    let mut copy_of: Vec<(PathBuf, PathBuf)> = vec![];
+    let mut sandbox = Sandbox {
+        binds: vec![],
+        chroot: None,
+    };
+    let mut outside = None;
+    if let Some(ri) = root_idx {
+        let r = view.of(ri).unwrap_or(Path::new("/")).to_path_buf();
+        copy_of.push(("/".into(), r.clone()));
+        let mut others: Vec<(PathBuf, PathBuf)> = which
+            .iter()
+            .filter(|&&i| i != ri)
+            .filter_map(|&i| {
+                Some((
+                    rec.targets[i].mountpoints.first()?.clone(),
+                    view.of(i)?.to_path_buf(),
+                ))
+            })
+            .collect();
+        others.sort_by_key(|(mp, _)| mp.components().count());
+        for (mp, src) in &others {
+            let at = r.join(mp.strip_prefix("/").unwrap_or(mp));
+            mounts.mount(Some(src), &at, None, MsFlags::MS_BIND, None)?;
+            copy_of.push((mp.clone(), at));
+        }
+        // every other filesystem under /: an overlay, so that reads see production and writes
+        // land in memory (and are listed)
+        let table = crate::mounts::read()?;
+        let upper = view.root().join("outside");
+        std::fs::create_dir(&upper).map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
+        mounts.mount(
+            Some(Path::new("tmpfs")),
+            &upper,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0700"),
+        )?;
+        let targets_mp: Vec<&PathBuf> = rec
+            .targets
+            .iter()
+            .flat_map(|t| t.mountpoints.iter())
+            .collect();
+        let mut n = 0;
+        for m in table
+            .iter()
+            .filter(|m| m.source.starts_with("/dev/") && m.mountpoint != Path::new("/"))
+        {
+            if targets_mp.contains(&&m.mountpoint)
+                || ["/proc", "/sys", "/dev", "/run"]
+                    .iter()
+                    .any(|v| m.mountpoint.starts_with(v))
+                || m.mountpoint.starts_with(view.root())
+            {
+                continue;
+            }
+            let at = r.join(m.mountpoint.strip_prefix("/").unwrap_or(&m.mountpoint));
+            if !at.is_dir() {
+                continue;
+            }
+            n += 1;
+            let (u, w) = (upper.join(format!("{n}.u")), upper.join(format!("{n}.w")));
+            for d in [&u, &w] {
+                std::fs::create_dir(d)
+                    .map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
+            }
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                m.mountpoint.display(),
+                u.display(),
+                w.display()
+            );
+            mounts.mount(
+                Some(Path::new("overlay")),
+                &at,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&data),
+            )?;
+            outside
+                .get_or_insert_with(Vec::new)
+                .push((m.mountpoint.clone(), u));
+        }
+        for v in ["proc", "sys", "dev"] {
+            let at = r.join(v);
+            mounts.mount(
+                Some(&Path::new("/").join(v)),
+                &at,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+        }
+        mounts.mount(
+            Some(Path::new("tmpfs")),
+            &r.join("run"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )?;
+        sandbox.chroot = Some(cstr(&r)?);
+    } else {
+        for &i in &which {
+            let (Some(mp), Some(src)) = (rec.targets[i].mountpoints.first(), view.of(i)) else {
+                continue;
+            };
+            sandbox.binds.push((cstr(src)?, cstr(mp)?));
+            copy_of.push((mp.clone(), src.to_path_buf()));
+        }
+        sandbox.binds.sort_by_key(|(_, t)| t.as_bytes().len());
+    }
+    // services are never started (invoke-rc.d and deb-systemd-invoke ask policy-rc.d)
+    let rcd = copy_of
+        .iter()
+        .find(|(mp, _)| mp == Path::new("/"))
+        .map(|(_, c)| c.join("usr/sbin/policy-rc.d"))
+        .filter(|p| std::fs::symlink_metadata(p).is_err());
+    if let Some(p) = &rcd {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"#!/bin/sh\n# guard rehearse: no service is started in a rehearsal\nexit 101\n"));
+    }
+    let _ = SANDBOX.set(Arc::new(sandbox));
+    // what dpkg knew before: production's database (the copies start equal to it)
+    let dpkg_at = |base: &Path| -> Option<PathBuf> {
+        let (mp, c) = copy_of
+            .iter()
+            .filter(|(mp, _)| {
+                Path::new("/")
+                    .join(crate::change::dpkg::STATUS)
+                    .starts_with(mp)
+            })
+            .max_by_key(|(mp, _)| mp.components().count())?;
+        let rel = Path::new("/").join(crate::change::dpkg::STATUS);
+        let rel = rel.strip_prefix(mp).ok()?;
+        Some(if base == Path::new("/") {
+            mp.join(rel)
+        } else {
+            c.join(rel)
+        })
+    };
+    let dpkg_before = dpkg_at(Path::new("/")).and_then(|p| std::fs::read_to_string(p).ok());
+    // the watcher freezes the copies if it must hold, never production
+    let mut plan_w = plan.clone();
+    for t in plan_w.targets.iter_mut() {
+        if let Some((_, c)) = copy_of
+            .iter()
+            .find(|(mp, _)| t.mountpoints.first() == Some(mp))
+        {
+            t.mountpoints = vec![c.clone()];
+        } else {
+            t.mountpoints.clear();
+        }
+    }
+    let watches: Vec<crate::change::record::Watch> = which
+        .iter()
+        .filter_map(|&i| {
+            Some(crate::change::record::Watch {
+                target: format!("{}/{}", rec.targets[i].vg, rec.targets[i].lv),
+                mountpoint: view.of(i)?.to_path_buf(),
+            })
+        })
+        .collect();
+    let started = if opts.record {
+        crate::change::record::Recorder::start(watches, vec![], RECORD_LIMIT)
+    } else {
+        Err(std::io::Error::other("--no-record"))
+    };
+    let recorder = match started {
+        Ok(r) => Some(r),
+        Err(e) => {
+            ui::warn(&format!("cannot record the rehearsal's changes with fanotify ({e}): comparing the copies instead"));
+            None
+        }
+    };
+    let (finished, watcher, back) = super::run_stage(journal, opts, &plan_w, rec.clone(), sig)?;
+    *rec = back;
+    let recording = recorder.map(|r| r.stop());
+    let mut code = match &finished {
+        Ok(f) => {
+            rec.exit_status = Some(f.exit.code());
+            rec.reason = Some(f.exit.describe());
+            rec.outcome = Some(if f.exit.success() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            });
+            f.exit.code()
+        }
+        Err(e) => {
+            rec.outcome = Some(Outcome::Aborted);
+            rec.reason = Some(e.to_string());
+            e.exit_code()
+        }
+    };
+    if watcher.rollback_requested {
+        rec.outcome = Some(Outcome::Failure);
+        rec.reason = Some(format!(
+            "stopped: {}",
+            watcher.rollback_reason.clone().unwrap_or_default()
+        ));
+    }
+    if rec.outcome == Some(Outcome::Success) {
+        if let Some(why) = hooks::run_checks(
+            &opts.checks,
+            &hooks::HookEnv {
+                run_id: rec.id.clone(),
+                exit_status: Some(0),
+                ..Default::default()
+            },
+        ) {
+            rec.outcome = Some(Outcome::Failure);
+            rec.failed_check = Some(why.clone());
+            rec.reason = Some(why);
+            code = super::EXIT_CHECK_FAILED;
+        }
+    }
+    if let Some(p) = &rcd {
+        let _ = std::fs::remove_file(p);
+    }
+    // the change: per target, as recorded (or compared), with paths shown where they live
+    let mut targets = vec![];
+    for (k, &i) in which.iter().enumerate() {
+        let t = &rec.targets[i];
+        let mp = t.mountpoints.first().cloned().unwrap_or_default();
+        let copy = view.of(i).unwrap_or(Path::new("/")).to_path_buf();
+        let mut tc = match recording.as_ref().and_then(|r| r.targets.get(k)) {
+            Some(tr) => {
+                let now = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| m.is_dir());
+                let before = |p: &Path| {
+                    let live = mp.join(p.strip_prefix(&copy).unwrap_or(p));
+                    Some(std::fs::symlink_metadata(live).is_ok())
+                };
+                crate::change::record::classify(tr, &now, &before)
+            }
+            None => {
+                let c = crate::change::compare::compare(&mp, &copy, &copy, &[]);
+                TargetChanges {
+                    target: String::new(),
+                    mountpoint: None,
+                    source: ChangeSource::Compared,
+                    complete: c.unreadable == 0,
+                    changes: c.changes,
+                    more_under: vec![],
+                    note: None,
+                }
+            }
+        };
+        tc.target = format!("{}/{}", t.vg, t.lv);
+        tc.mountpoint = Some(mp.clone());
+        let show = |p: &Path| mp.join(p.strip_prefix(&copy).unwrap_or(p));
+        tc.changes
+            .retain(|c| rcd.as_ref().is_none_or(|r| &c.path != r));
+        for c in tc.changes.iter_mut() {
+            c.path = show(&c.path);
+            c.from = c.from.as_deref().map(show);
+        }
+        for m in tc.more_under.iter_mut() {
+            m.dir = show(&m.dir);
+        }
+        targets.push(tc);
+    }
+    if let Some(list) = &outside {
+        for (mp, upper) in list {
+            let mut paths = vec![];
+            list_upper(upper, upper, &mut paths);
+            if !paths.is_empty() {
+                ui::warn(&format!(
+                    "the command wrote outside the protected volumes, under {} (not on a target: a guarded run would not roll these back): {}",
+                    mp.display(),
+                    paths.iter().take(20).map(|p| mp.join(p).display().to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    let packages = match (dpkg_before, dpkg_at(Path::new(""))) {
+        (Some(b), Some(after)) => std::fs::read_to_string(after)
+            .map(|a| {
+                crate::change::dpkg::diff(
+                    &crate::change::dpkg::parse(&b),
+                    &crate::change::dpkg::parse(&a),
+                )
+            })
+            .unwrap_or_default(),
+        _ => vec![],
+    };
+    drop(mounts);
+    view.close(lvm)?;
+    Ok((
+        code,
+        Some(RunChanges {
+            schema: crate::model::change::SCHEMA.into(),
+            run: rec.id.clone(),
+            targets,
+            packages,
+        }),
+    ))
+}
+
+/// Most paths kept per volume; past it, counted per folder.
+pub const RECORD_LIMIT: usize = 100_000;
+
+fn list_upper(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if out.len() > 1000 {
+            return;
+        }
+        out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            list_upper(base, &p, out);
+        }
+    }
+}
