@@ -17,7 +17,7 @@ PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1
       libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs libinih1 liburcu8 acl attr"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=8
+RECIPE=9
 
 need_host_tools() {
   local missing="" p
@@ -68,7 +68,7 @@ prepare() {
   cp -a "$X"/lib/x86_64-linux-gnu/liblvm2cmd* "$X"/lib/x86_64-linux-gnu/libdevmapper-event* "$R/lib/x86_64-linux-gnu/" 2>/dev/null || true
   for b in "$X/sbin/lvm" "$X/sbin/dmsetup" "$X/sbin/dmeventd" "$X/sbin/mkfs.ext4" "$X/sbin/e2fsck" \
            "$X/usr/sbin/pdata_tools" "$X/sbin/mkfs.xfs" "$X/usr/sbin/xfs_freeze" "$X/usr/sbin/xfs_repair" \
-           "$X/usr/bin/setfacl" "$X/usr/bin/getfacl" "$X/usr/bin/setfattr" "$X/usr/bin/getfattr"; do
+           "$X/bin/setfacl" "$X/bin/getfacl" "$X/usr/bin/setfattr" "$X/usr/bin/getfattr"; do
     [ -e "$b" ] && copy_prog "$b" "$R" "$X"
   done
   # util-linux and coreutils as a real server has them (guard execs by PATH and gets these first)

@@ -5,7 +5,8 @@
 manifest() { (cd "$1" && find . -xdev ! -name . -print | sort | while read -r p; do
   if [ -f "$p" ] && [ ! -L "$p" ]; then s=$(md5sum < "$p" | cut -c1-32); else s=-; fi
   echo "$(stat -c '%n %s %a %u %g %Y %F' "$p") $s"; done); }
-# the change list as "MARK PATH" lines, sorted (guard diff's own format: "  + /path  [detail]")
+# the change list as "MARK PATH" lines, sorted (guard diff's own format: "  + /path  [detail]";
+# a folder ends in /)
 marks() { sed -nE 's#^  ([-+cm]) (/[^ ]*).*#\1 \2#p' "$1" | sort; }
 
 setup_data() {
@@ -29,7 +30,7 @@ run=$(ls /var/lib/guard/runs | sed -n 's/\.changes$//p' | head -1)
 check "its change list is in the journal" test -s /var/lib/guard/runs/$run.changes
 guard diff "$run" > d 2>&1
 printf '%s\n' "+ /mnt/data/added" "c /mnt/data/f" "- /mnt/data/b" "m /mnt/data/new-name" \
-  "c /mnt/data/a" "+ /mnt/data/dir/new-dir" "+ /mnt/data/dir/new-dir/d" "- /mnt/data/dir/sub" | sort > want
+  "c /mnt/data/a" "+ /mnt/data/dir/new-dir/" "+ /mnt/data/dir/new-dir/d" "- /mnt/data/dir/sub/" | sort > want
 marks d | grep -v '^- /mnt/data/dir/sub/c$' > got
 check_eq "guard diff names exactly the changed paths (recorded)" "$(tr '\n' '|' < got)" "$(tr '\n' '|' < want)"
 check_out "it says how the list was made" d "recorded while the command ran"
@@ -44,7 +45,7 @@ guard diff --json "$run" > dj 2>&1
 check_out "--json has the schema" dj '"schema": "guard.diff/1"'
 cp dj /host/json/diff-$run.json 2>/dev/null
 guard diff "$run" /mnt/data/dir > dd 2>&1
-check_eq "a PATH limits the list" "$(marks dd | tr '\n' '|')" "+ /mnt/data/dir/new-dir|+ /mnt/data/dir/new-dir/d|- /mnt/data/dir/sub|"
+check_eq "a PATH limits the list" "$(marks dd | tr '\n' '|')" "+ /mnt/data/dir/new-dir/|+ /mnt/data/dir/new-dir/d|- /mnt/data/dir/sub/|- /mnt/data/dir/sub/c|"
 guard diff --content /mnt/data/f "$run" > dx 2>&1
 check_out "--content shows the old line" dx "^-original"
 check_out "and the new one" dx "^\+changed"
