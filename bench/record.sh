@@ -21,4 +21,6 @@ for w in small big; do
 done
 run=$(ls -t /var/lib/guard/runs/*.changes | head -1)
 echo "last change list: $(wc -c < "$run") bytes"
-guard -q --lv vg/data --size 300M -- sh -c 'grep VmHWM /proc/$PPID/status' 2>/dev/null | head -1
+# guard's peak memory at the end of the event-heavy writer (the recorder holds its paths then)
+hwm() { guard -q --lv vg/data --size 300M "$@" -- sh -c "$small"'; grep VmHWM /proc/$PPID/status' 2>/dev/null | awk '{print $2}'; }
+echo "guard VmHWM after the small-file writer: --no-record $(hwm --no-record) KiB, recording $(hwm) KiB"

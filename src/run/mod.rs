@@ -160,7 +160,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
-    recording.finish(journal, &rec);
+    recording.finish(lvm, journal, &rec);
     let code = decide_stage(
         lvm, journal, opts, &mut rec, &finished, &watcher, &sig, &env,
     )?;
@@ -364,39 +364,95 @@ impl Recording {
     }
 
     /// Stops recording and keeps the list beside the run's record.
-    fn finish(self, journal: &Journal, rec: &RunRecord) {
+    fn finish(self, lvm: &dyn Lvm, journal: &Journal, rec: &RunRecord) {
+        use crate::change::record::{classify, Ev};
         use crate::model::change::{ChangeSource, RunChanges, TargetChanges};
+        use std::path::Path;
         if self.watched.is_empty() {
             return;
         }
         let recording = self.recorder.map(|r| r.stop());
-        let now = |p: &std::path::Path| std::fs::symlink_metadata(p).ok().map(|m| m.is_dir());
-        let unknown = |_: &std::path::Path| None;
-        let targets = self
-            .watched
-            .iter()
-            .enumerate()
-            .map(|(k, (i, mp))| {
-                let t = &rec.targets[*i];
-                match recording.as_ref().and_then(|r| r.targets.get(k)) {
-                    Some(tr) => {
-                        let mut c = crate::change::record::classify(tr, &now, &unknown);
-                        c.target = format!("{}/{}", t.vg, t.lv);
-                        c.mountpoint = Some(mp.clone());
-                        c
+        let per_target = |before: &dyn Fn(usize, &Path) -> Option<bool>| -> Vec<TargetChanges> {
+            let now = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| m.is_dir());
+            self.watched
+                .iter()
+                .enumerate()
+                .map(|(k, (i, mp))| {
+                    let t = &rec.targets[*i];
+                    match recording.as_ref().and_then(|r| r.targets.get(k)) {
+                        Some(tr) => {
+                            let mut c = classify(tr, &now, &|p: &Path| before(*i, p));
+                            c.target = format!("{}/{}", t.vg, t.lv);
+                            c.mountpoint = Some(mp.clone());
+                            c
+                        }
+                        None => TargetChanges {
+                            target: format!("{}/{}", t.vg, t.lv),
+                            mountpoint: Some(mp.clone()),
+                            source: ChangeSource::None,
+                            complete: false,
+                            changes: vec![],
+                            more_under: vec![],
+                            note: self.why_not.clone(),
+                        },
                     }
-                    None => TargetChanges {
-                        target: format!("{}/{}", t.vg, t.lv),
-                        mountpoint: Some(mp.clone()),
-                        source: ChangeSource::None,
-                        complete: false,
-                        changes: vec![],
-                        more_under: vec![],
-                        note: self.why_not.clone(),
-                    },
-                }
-            })
+                })
+                .collect()
+        };
+        // A path that arrived by a rename (dpkg and editors write a new file and rename it over
+        // the old) may have replaced one that existed: only the snapshot can say which, so it is
+        // looked at, read only, in a thread with a mount namespace of its own; runs without such
+        // paths (most) never mount anything.
+        let ambiguous: Vec<usize> = recording
+            .iter()
+            .flat_map(|r| r.targets.iter().enumerate())
+            .filter(|(_, tr)| tr.paths.values().any(|s| s.first == Ev::MovedTo))
+            .map(|(k, _)| self.watched[k].0)
             .collect();
+        let unknown = |_: usize, _: &Path| None;
+        let targets = if ambiguous.is_empty() {
+            per_target(&unknown)
+        } else {
+            match crate::change::view::activate(lvm, &rec.targets, &ambiguous) {
+                Err(e) => {
+                    ui::warn(&format!(
+                        "cannot look at the snapshot to tell replaced paths from new ones: {e}"
+                    ));
+                    per_target(&unknown)
+                }
+                Ok(activated) => {
+                    let t = std::thread::scope(|sc| {
+                        sc.spawn(|| {
+                            let view = match crate::change::view::View::mount(
+                                &rec.targets,
+                                &ambiguous,
+                                crate::change::view::Access::Read,
+                            ) {
+                                Ok(v) => v,
+                                Err(e) => {
+                                    ui::warn(&format!("cannot look at the snapshot to tell replaced paths from new ones: {e}"));
+                                    return per_target(&unknown);
+                                }
+                            };
+                            let before = |i: usize, p: &Path| {
+                                let mp = &self.watched.iter().find(|(j, _)| *j == i)?.1;
+                                let rel = p.strip_prefix(mp).ok()?;
+                                Some(std::fs::symlink_metadata(view.of(i)?.join(rel)).is_ok())
+                            };
+                            let t = per_target(&before);
+                            if let Err(e) = view.unmount() {
+                                ui::warn(&format!("after reading the snapshot: {e}"));
+                            }
+                            t
+                        })
+                        .join()
+                        .unwrap_or_else(|_| per_target(&unknown))
+                    });
+                    crate::change::view::deactivate(lvm, &activated);
+                    t
+                }
+            }
+        };
         let status = std::path::Path::new("/").join(crate::change::dpkg::STATUS);
         let packages = match (&self.dpkg_before, std::fs::read_to_string(&status)) {
             (Some(b), Ok(a)) if *b != a => crate::change::dpkg::diff(

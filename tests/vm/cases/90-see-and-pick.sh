@@ -12,7 +12,7 @@ marks() { sed -nE 's#^  ([-+cm]) (/[^ ]*).*#\1 \2#p' "$1" | sort; }
 setup_data() {
   mkfs_lv data 64M /mnt/data
   cd /mnt/data || return
-  echo a > a; echo b > b; echo old > old-name; mkdir -p dir/sub; echo c > dir/sub/c
+  echo a > a; echo b > b; echo old > old-name; echo r > r; mkdir -p dir/sub; echo c > dir/sub/c
   chown 1234:1234 b; chmod 640 b; touch -d '2020-01-02 03:04:05' b
   setfattr -n user.origin -v snapshot b
   setfacl -m u:4321:r b
@@ -24,18 +24,20 @@ setup_data
 guard -q --lv vg/data --keep 1h -- sh -c '
   cd /mnt/data
   echo new > added; echo changed > f; rm b; mv old-name new-name; chmod 600 a
-  echo tmp > t; rm t; mkdir dir/new-dir; echo d > dir/new-dir/d; rm -r dir/sub' > out 2>&1; rc=$?
+  echo tmp > t; rm t; mkdir dir/new-dir; echo d > dir/new-dir/d; rm -r dir/sub
+  echo r2 > r.new; mv r.new r' > out 2>&1; rc=$?
 check_eq "the run succeeded and was kept" "$rc" 0
 run=$(ls /var/lib/guard/runs | sed -n 's/\.changes$//p' | head -1)
 check "its change list is in the journal" test -s /var/lib/guard/runs/$run.changes
 guard diff "$run" > d 2>&1
 printf '%s\n' "+ /mnt/data/added" "c /mnt/data/f" "- /mnt/data/b" "m /mnt/data/new-name" \
-  "c /mnt/data/a" "+ /mnt/data/dir/new-dir/" "+ /mnt/data/dir/new-dir/d" "- /mnt/data/dir/sub/" | sort > want
+  "c /mnt/data/a" "c /mnt/data/r" "+ /mnt/data/dir/new-dir/" "+ /mnt/data/dir/new-dir/d" "- /mnt/data/dir/sub/" | sort > want
 marks d | grep -v '^- /mnt/data/dir/sub/c$' > got
 check_eq "guard diff names exactly the changed paths (recorded)" "$(tr '\n' '|' < got)" "$(tr '\n' '|' < want)"
 check_out "it says how the list was made" d "recorded while the command ran"
 check_out "a move shows where it came from" d "new-name +\(from /mnt/data/old-name\)"
 check_out "a content change and an attribute change are told apart" d "/mnt/data/a +\[attributes\]"
+check_out "a file renamed over one that existed is a replacement, not an addition" d "c /mnt/data/r +\[replaced\]"
 check "no lost+found, no transient file" sh -c "! grep -qE 'lost\+found|/t$' d"
 guard diff --compare "$run" > dc 2>&1
 marks dc | grep -v '^- /mnt/data/dir/sub/c$' > gotc
