@@ -238,6 +238,9 @@ pub struct CopyRun {
     pub root: PathBuf,
     /// What guard mounted, deepest last; recover unmounts them (deepest first).
     pub mounted: Vec<CopyMount>,
+    /// `guard rehearse`: the command itself ran on these writable copies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rehearsal: bool,
 }
 
 /// One snapshot mounted for a copy: where, and the device (major, minor), so that only that

@@ -109,6 +109,7 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
         copy: copy.then(|| crate::model::record::CopyRun {
             root: std::path::PathBuf::new(),
             mounted: vec![],
+            rehearsal: false,
         }),
         notes: vec![],
         mounted: None,

@@ -330,6 +330,7 @@ pub fn mount(lvm: &dyn Lvm, j: &Journal, id: &str, dir: Option<PathBuf>) -> Resu
     rec.mounted = Some(CopyRun {
         root: root.clone(),
         mounted: vec![],
+        rehearsal: false,
     });
     let many = rec.targets.len() > 1;
     for i in 0..rec.targets.len() {

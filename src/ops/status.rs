@@ -189,6 +189,9 @@ pub fn human_text(st: &Status) -> String {
 
 /// A run's phase as one word (the journal's spelling), with how a finished run ended.
 pub fn phase_word(r: &RunRecord) -> String {
+    if r.copy.as_ref().is_some_and(|c| c.rehearsal) {
+        return "rehearsal".into();
+    }
     let phase = serde_json::to_value(r.phase)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -985,6 +985,7 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
             .map(|root| crate::model::record::CopyRun {
                 root,
                 mounted: vec![],
+                rehearsal: false,
             }),
         notes: plan::notes(plan, opts.prefer_thin),
         mounted: None,

@@ -178,6 +178,9 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         ..Default::default()
     };
     let mut rec = super::snapshot_stage(lvm, journal, &opts, &plan, (&[], None), vec![], &env)?;
+    if let Some(c) = rec.copy.as_mut() {
+        c.rehearsal = true;
+    }
     rec.notes.push(
         "a rehearsal: the command ran on writable snapshots, production was not written to".into(),
     );

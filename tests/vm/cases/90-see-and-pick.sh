@@ -139,6 +139,7 @@ guard rehearse --lv vg/data -- sh -c 'echo rehearsed > /mnt/data/f; echo n > /mn
 check_eq "a failing rehearsal exits with the command's status" "$rc" 3
 check_out "and says it failed" rh "the command FAILED \(exit status 3\)"
 check_eq "the rehearsal's diff" "$(marks rh | tr '\n' '|')" "+ /mnt/data/new|- /mnt/data/a|c /mnt/data/f|"
+check_out "headed as a rehearsal, not as a run that was kept or committed" rh "^run [0-9a-f-]+ \(rehearsal\): 3 paths changed"
 check_out "it says what a rehearsal cannot show" rh "does not show: services"
 manifest /mnt/data > man-after
 check "production unchanged, file by file (contents, sizes, modes, owners, times)" cmp -s man-before man-after
