@@ -103,6 +103,14 @@ const MORE_UNDER_MAX: usize = 10_000;
 /// Paths remembered (as hashes) so `more_under` counts a path once, not once per event.
 const COUNTED_MAX: usize = 262_144;
 const READ_BUF: usize = 64 * 1024;
+/// After the queue turns readable, how long the reader waits before reading it: events pile up
+/// and the kernel merges repeats (a file written block by block is one queued event), and the
+/// writer is spared a wake-up of the reader per event. Far from the queue's 16384 events.
+const BATCH: std::time::Duration = std::time::Duration::from_millis(10);
+/// Files whose later writes are no longer reported (evictable ignore marks), at most.
+const QUIET_MAX: usize = 4096;
+/// Files whose write events are counted, to find those written again and again.
+const WRITTEN_MAX: usize = 65_536;
 
 // ---------------------------------------------------------------------------------------------
 // Parsing what read(2) returns
@@ -242,6 +250,9 @@ enum Resolved {
 trait Env {
     fn resolve(&mut self, target: usize, handle: &[u8]) -> Resolved;
     fn exists(&self, p: &Path) -> bool;
+    /// A file (by its own handle) reported as written in two reads of the queue: it is
+    /// recorded as modified already, so its further writes need not be reported at all.
+    fn quiet(&mut self, _target: usize, _file: &[u8]) {}
 }
 
 /// An event for a folder that is gone, kept until the folder's path is known.
@@ -262,6 +273,11 @@ struct Target {
     cache: HashMap<Box<[u8]>, PathBuf>,
     pending: HashMap<Box<[u8]>, Vec<Pending>>,
     counted: HashSet<u64>,
+    /// files (by handle) reported as written, and whether they were quieted already
+    written: HashMap<Box<[u8]>, bool>,
+    /// what becomes `rec.paths`: hashed while events come (a path's first event must be
+    /// found among thousands, per event), sorted once at the end
+    paths: HashMap<PathBuf, Seen>,
 }
 
 struct State<E: Env> {
@@ -296,6 +312,14 @@ fn ev_bits(mask: u64) -> u8 {
     b
 }
 
+/// `p` is `dir` or inside it: Path::starts_with on the bytes, per event (both paths are
+/// normalized: from the kernel's readlink or joined from it, and absolute).
+fn under(p: &Path, dir: &Path) -> bool {
+    let (p, d) = (p.as_os_str().as_bytes(), dir.as_os_str().as_bytes());
+    let d = d.strip_suffix(b"/").unwrap_or(d);
+    p.starts_with(d) && (p.len() == d.len() || p[d.len()] == b'/')
+}
+
 fn join(dir: &Path, name: Option<&[u8]>) -> PathBuf {
     match name {
         None | Some(b".") | Some(b"") => dir.to_path_buf(),
@@ -319,6 +343,8 @@ impl<E: Env> State<E> {
                     cache: HashMap::new(),
                     pending: HashMap::new(),
                     counted: HashSet::new(),
+                    written: HashMap::new(),
+                    paths: HashMap::new(),
                 })
                 .collect(),
             exclude,
@@ -394,6 +420,11 @@ impl<E: Env> State<E> {
             .or_else(|| e.info(FAN_EVENT_INFO_TYPE_FID).filter(|_| dir));
         // a non-folder known by its handle only (the link count of a file renamed over): no name
         let Some(at) = at else { return };
+        if !dir && bits & FAN_MODIFY != 0 {
+            if let Some(f) = e.info(FAN_EVENT_INFO_TYPE_FID) {
+                self.written(ti, f.handle);
+            }
+        }
         let child = child.filter(|_| bits & LEAVE != 0);
         let path = self.locate(ti, at.handle, at.name, bits, dir, child);
         if bits == FAN_MOVED_FROM {
@@ -404,6 +435,25 @@ impl<E: Env> State<E> {
                     self.renamed(ti, o, n);
                 }
             }
+        }
+    }
+
+    /// A write event for a file: the second one (in a later read: the kernel merges repeats
+    /// while they are queued) quiets the file, a process writing it block by block then costs
+    /// nothing more. Its other events (moved, deleted, attributes) still come.
+    fn written(&mut self, ti: usize, file: &[u8]) {
+        let t = &mut self.targets[ti];
+        let room = t.written.len() < WRITTEN_MAX;
+        match t.written.get_mut(file) {
+            Some(quiet) if !*quiet => {
+                *quiet = true;
+                self.env.quiet(ti, file);
+            }
+            Some(_) => {}
+            None if room => {
+                t.written.insert(file.into(), false);
+            }
+            None => {}
         }
     }
 
@@ -496,11 +546,11 @@ impl<E: Env> State<E> {
     }
 
     fn excluded(&self, p: &Path) -> bool {
-        self.exclude.iter().any(|x| p.starts_with(x))
+        self.exclude.iter().any(|x| under(p, x))
     }
 
     fn record(&mut self, ti: usize, path: &Path, mask: u64, dir: bool) {
-        if self.excluded(path) || !path.starts_with(&self.targets[ti].rec.mountpoint) {
+        if self.excluded(path) || !under(path, &self.targets[ti].rec.mountpoint) {
             return;
         }
         let bits = ev_bits(mask);
@@ -508,14 +558,14 @@ impl<E: Env> State<E> {
             return;
         }
         let limit = self.limit;
-        if let Some(s) = self.targets[ti].rec.paths.get_mut(path) {
+        if let Some(s) = self.targets[ti].paths.get_mut(path) {
             s.all |= bits;
             s.dir |= dir;
             return;
         }
-        if self.targets[ti].rec.paths.len() < limit {
+        if self.targets[ti].paths.len() < limit {
             let first = self.first_of(mask, path);
-            self.targets[ti].rec.paths.insert(
+            self.targets[ti].paths.insert(
                 path.to_path_buf(),
                 Seen {
                     first,
@@ -574,9 +624,9 @@ impl<E: Env> State<E> {
 
     fn renamed(&mut self, ti: usize, old: PathBuf, new: PathBuf) {
         let limit = self.limit;
-        let r = &mut self.targets[ti].rec;
-        if r.paths.contains_key(&old) && r.paths.contains_key(&new) && r.renames.len() < limit {
-            r.renames.push((old, new));
+        let t = &mut self.targets[ti];
+        if t.paths.contains_key(&old) && t.paths.contains_key(&new) && t.rec.renames.len() < limit {
+            t.rec.renames.push((old, new));
         }
     }
 
@@ -588,6 +638,7 @@ impl<E: Env> State<E> {
                 .map(|mut t| {
                     // events for folders never named are lost
                     t.rec.unresolved += t.pending.values().map(|v| v.len() as u64).sum::<u64>();
+                    t.rec.paths = t.paths.into_iter().collect();
                     t.rec
                 })
                 .collect(),
@@ -601,6 +652,9 @@ impl<E: Env> State<E> {
 struct Kernel {
     /// per target: the mount point's directory, the path /proc shows for it, the watch's path
     mounts: Vec<(File, PathBuf, PathBuf)>,
+    /// the group again, for ignore marks (None: not marking)
+    fan: Option<File>,
+    quieted: usize,
 }
 
 impl Env for Kernel {
@@ -631,6 +685,52 @@ impl Env for Kernel {
 
     fn exists(&self, p: &Path) -> bool {
         std::fs::symlink_metadata(p).is_ok()
+    }
+
+    fn quiet(&mut self, target: usize, file: &[u8]) {
+        let Some(fan) = &self.fan else { return };
+        if self.quieted >= QUIET_MAX {
+            return;
+        }
+        let Ok(path_fd) = open_by_handle(self.mounts[target].0.as_fd(), file) else {
+            return;
+        };
+        // a mark needs a file opened for real; only a regular file is opened (a device or a
+        // FIFO could act on open), read only, without touching its access time
+        let regular = File::from(path_fd);
+        if !regular.metadata().is_ok_and(|m| m.file_type().is_file()) {
+            return;
+        }
+        let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", regular.as_raw_fd()))
+        else {
+            return;
+        };
+        // evictable: the mark never keeps the inode (or a deleted file's blocks) alive; if the
+        // kernel drops it, the writes are reported again, nothing is lost
+        // SAFETY: both fds are open; a null path marks `f` itself.
+        let r = unsafe {
+            libc::fanotify_mark(
+                fan.as_raw_fd(),
+                libc::FAN_MARK_ADD
+                    | libc::FAN_MARK_IGNORED_MASK
+                    | libc::FAN_MARK_IGNORED_SURV_MODIFY
+                    | libc::FAN_MARK_EVICTABLE,
+                FAN_MODIFY,
+                f.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if r < 0 {
+            // before 5.19 there are no evictable marks: a pinning one is not worth it
+            if is_errno(&io::Error::last_os_error(), libc::EINVAL) {
+                self.fan = None;
+            }
+            return;
+        }
+        self.quieted += 1;
     }
 }
 
@@ -758,7 +858,16 @@ fn open_group(watches: &[Watch]) -> io::Result<Group> {
             r => r?,
         }
     }
-    Ok((fan, Kernel { mounts }, with_fsid))
+    let again = fan.try_clone().ok();
+    Ok((
+        fan,
+        Kernel {
+            mounts,
+            fan: again,
+            quieted: 0,
+        },
+        with_fsid,
+    ))
 }
 
 impl Recorder {
@@ -835,7 +944,13 @@ fn read_loop(fan: File, stop: UnixStream, mut state: State<Kernel>) -> Recording
             lost(&mut state);
             break;
         }
-        let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+        let mut stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if !stopping {
+            // let events pile up (see BATCH); a stop request ends the wait
+            let mut s = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(BATCH.as_millis() as i32).unwrap_or(PollTimeout::ZERO);
+            stopping = matches!(poll(&mut s, ms), Ok(n) if n > 0);
+        }
         // on stop, the command has ended: everything it did is queued already
         drain(&fan, &mut buf, &mut state);
         if stopping {
@@ -1214,6 +1329,16 @@ mod tests {
     }
     fn path_of(s: &str) -> Resolved {
         Resolved::Path(p(s))
+    }
+
+    #[test]
+    fn under_is_path_prefix_on_whole_names() {
+        assert!(under(Path::new("/a/b"), Path::new("/")));
+        assert!(under(Path::new("/a/b"), Path::new("/a")));
+        assert!(under(Path::new("/a"), Path::new("/a")));
+        assert!(under(Path::new("/a/b"), Path::new("/a/")));
+        assert!(!under(Path::new("/ab"), Path::new("/a")));
+        assert!(!under(Path::new("/a"), Path::new("/a/b")));
     }
 
     #[test]

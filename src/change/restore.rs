@@ -16,7 +16,7 @@
 //! lie outside the restored path. A file replaces whatever is at its name in one rename, so a
 //! reader sees the old or the new file, never half of one.
 use std::collections::BTreeSet;
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
@@ -782,6 +782,23 @@ fn retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<()> {
             r => return r,
         }
     }
+}
+
+/// The names in folder `rel` beneath `root` (no symbolic link or mount crossed on the way):
+/// one listing answers "did these paths exist?" for many paths at once.
+pub fn names_in(root: &Path, rel: &Path) -> io::Result<std::collections::HashSet<OsString>> {
+    let r = open_root(root)?;
+    let d = if rel.as_os_str().is_empty() {
+        r
+    } else {
+        let c = CString::new(rel.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        open_beneath(&r, &c, DIR)?
+    };
+    // listed through the descriptor just checked, not by the path again
+    std::fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect()
 }
 
 /// O_RDONLY, not O_PATH: the destination root is also fsync'd after a rename into it.

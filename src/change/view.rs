@@ -72,6 +72,17 @@ fn options(fstype: Option<&str>, access: Access) -> String {
     o.join(",")
 }
 
+/// [`options`] as mount(2) takes them.
+fn flags(fstype: &str, access: Access) -> (nix::mount::MsFlags, Option<&'static str>) {
+    use nix::mount::MsFlags as F;
+    let f = match access {
+        Access::Read => F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+        Access::Write => F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+        Access::System => F::empty(),
+    };
+    (f, (fstype == "xfs").then_some("nouuid"))
+}
+
 /// The snapshots of a run, mounted under one private folder.
 pub struct View {
     /// (index into the record's targets, where its snapshot is mounted)
@@ -135,20 +146,35 @@ impl View {
             std::fs::create_dir(&at)
                 .map_err(|e| Error::io(format!("cannot make {}", at.display()), e))?;
             let dev = format!("/dev/{}/{}", t.vg, t.snapshot);
-            let mut cmd = crate::exec::system_command("mount")?;
-            if let Some(f) = &fstype {
-                cmd.args(["-t", f]);
+            let failed = |e: String| {
+                Error::Other(format!(
+                    "cannot mount the snapshot {dev} of {}/{}: {e}",
+                    t.vg, t.lv
+                ))
+            };
+            match &fstype {
+                // the type is known (the origin is mounted): the system call, no mount(8) to
+                // start (this runs at the end of runs, where time counts)
+                Some(f) => {
+                    let (flags, data) = flags(f, access);
+                    nix::mount::mount(
+                        Some(dev.as_str()),
+                        &at,
+                        Some(f.as_str()),
+                        flags,
+                        data,
+                    )
+                    .map_err(|e| failed(e.to_string()))?;
+                }
+                None => {
+                    crate::exec::system_command("mount")?
+                        .args(["-o", &options(None, access)])
+                        .arg(&dev)
+                        .arg(&at)
+                        .run_checked()
+                        .map_err(|e| failed(e.to_string()))?;
+                }
             }
-            cmd.args(["-o", &options(fstype.as_deref(), access)])
-                .arg(&dev)
-                .arg(&at)
-                .run_checked()
-                .map_err(|e| {
-                    Error::Other(format!(
-                        "cannot mount the snapshot {dev} of {}/{}: {e}",
-                        t.vg, t.lv
-                    ))
-                })?;
             v.mounted.push((i, at));
         }
         Ok(v)

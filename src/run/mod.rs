@@ -434,11 +434,40 @@ impl Recording {
                                     return per_target(&unknown);
                                 }
                             };
-                            let before = |i: usize, p: &Path| {
-                                let mp = &self.watched.iter().find(|(j, _)| *j == i)?.1;
-                                let rel = p.strip_prefix(mp).ok()?;
-                                Some(std::fs::symlink_metadata(view.of(i)?.join(rel)).is_ok())
-                            };
+                            // one listing per folder in the snapshot (not a lookup per path)
+                            let mut existed: std::collections::HashMap<&Path, bool> =
+                                std::collections::HashMap::new();
+                            for (k, (i, mp)) in self.watched.iter().enumerate() {
+                                let (Some(root), Some(tr)) = (
+                                    view.of(*i),
+                                    recording.as_ref().and_then(|r| r.targets.get(k)),
+                                ) else {
+                                    continue;
+                                };
+                                let mut by_dir: std::collections::BTreeMap<&Path, Vec<&Path>> =
+                                    Default::default();
+                                for (p, seen) in &tr.paths {
+                                    if seen.first == Ev::MovedTo {
+                                        if let Some(d) = p.parent().filter(|d| d.starts_with(mp)) {
+                                            by_dir.entry(d).or_default().push(p);
+                                        }
+                                    }
+                                }
+                                for (d, ps) in by_dir {
+                                    let rel = d.strip_prefix(mp).unwrap_or(Path::new(""));
+                                    let names = match crate::change::restore::names_in(root, rel) {
+                                        Ok(n) => n,
+                                        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Default::default(),
+                                        // a link or a mount on the way: unknown
+                                        Err(_) => continue,
+                                    };
+                                    for p in ps {
+                                        let n = p.file_name().unwrap_or_default();
+                                        existed.insert(p, names.contains(n));
+                                    }
+                                }
+                            }
+                            let before = |_: usize, p: &Path| existed.get(p).copied();
                             let t = per_target(&before);
                             if let Err(e) = view.unmount() {
                                 ui::warn(&format!("after reading the snapshot: {e}"));
