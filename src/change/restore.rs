@@ -801,6 +801,18 @@ pub fn names_in(root: &Path, rel: &Path) -> io::Result<std::collections::HashSet
         .collect()
 }
 
+/// Whether `rel` exists beneath `root` (itself may be a link; none on the way to it).
+pub fn exists_beneath(root: &Path, rel: &Path) -> io::Result<bool> {
+    let r = open_root(root)?;
+    let c = CString::new(rel.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    match open_beneath(&r, &c, PATH) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// O_RDONLY, not O_PATH: the destination root is also fsync'd after a rename into it.
 fn open_root(p: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(p.as_os_str().as_bytes())

@@ -157,14 +157,8 @@ impl View {
                 // start (this runs at the end of runs, where time counts)
                 Some(f) => {
                     let (flags, data) = flags(f, access);
-                    nix::mount::mount(
-                        Some(dev.as_str()),
-                        &at,
-                        Some(f.as_str()),
-                        flags,
-                        data,
-                    )
-                    .map_err(|e| failed(e.to_string()))?;
+                    nix::mount::mount(Some(dev.as_str()), &at, Some(f.as_str()), flags, data)
+                        .map_err(|e| failed(e.to_string()))?;
                 }
                 None => {
                     crate::exec::system_command("mount")?

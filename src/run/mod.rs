@@ -372,8 +372,18 @@ impl Recording {
             return;
         }
         let recording = self.recorder.map(|r| r.stop());
+        // whether each path exists at the end of the run, asked once
+        let now_map = crate::change::exists_now(
+            recording
+                .iter()
+                .flat_map(|r| r.targets.iter())
+                .flat_map(|t| t.paths.keys().map(|p| p.as_path())),
+        );
         let per_target = |before: &dyn Fn(usize, &Path) -> Option<bool>| -> Vec<TargetChanges> {
-            let now = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| m.is_dir());
+            let now = |p: &Path| match now_map.get(p) {
+                Some(v) => *v,
+                None => std::fs::symlink_metadata(p).ok().map(|m| m.is_dir()),
+            };
             self.watched
                 .iter()
                 .enumerate()
@@ -455,6 +465,15 @@ impl Recording {
                                 }
                                 for (d, ps) in by_dir {
                                     let rel = d.strip_prefix(mp).unwrap_or(Path::new(""));
+                                    if ps.len() < crate::change::LIST_FROM {
+                                        for p in ps {
+                                            let r = p.strip_prefix(mp).unwrap_or(p);
+                                            if let Ok(e) = crate::change::restore::exists_beneath(root, r) {
+                                                existed.insert(p, e);
+                                            }
+                                        }
+                                        continue;
+                                    }
                                     let names = match crate::change::restore::names_in(root, rel) {
                                         Ok(n) => n,
                                         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => Default::default(),
