@@ -6,6 +6,7 @@
 //! one inode.
 use crate::model::change::{Change, ChangeKind};
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -51,30 +52,41 @@ struct Walk {
 }
 
 impl Walk {
-    fn entries(&mut self, dir: &Path, dev: u64) -> BTreeMap<std::ffi::OsString, Metadata> {
-        let mut m = BTreeMap::new();
+    /// The entries of one folder, and the names where another filesystem is mounted.
+    fn entries(
+        &mut self,
+        dir: &Path,
+        dev: u64,
+    ) -> (BTreeMap<OsString, Metadata>, BTreeSet<OsString>) {
+        let (mut m, mut mounted) = (BTreeMap::new(), BTreeSet::new());
         let Ok(rd) = std::fs::read_dir(dir) else {
             self.unreadable += 1;
-            return m;
+            return (m, mounted);
         };
         for e in rd.flatten() {
             match e.metadata() {
-                // another filesystem mounted inside is not this target's
                 Ok(md) if md.dev() == dev => {
                     m.insert(e.file_name(), md);
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    mounted.insert(e.file_name());
+                }
                 Err(_) => self.unreadable += 1,
             }
         }
-        m
+        (m, mounted)
     }
 
     fn dir(&mut self, before: &Path, after: &Path, rel: &Path) {
-        let b = self.entries(before, self.dev_before);
-        let a = self.entries(after, self.dev_after);
-        let names: BTreeSet<&std::ffi::OsString> = b.keys().chain(a.keys()).collect();
+        let (b, mb_) = self.entries(before, self.dev_before);
+        let (a, ma_) = self.entries(after, self.dev_after);
+        let names: BTreeSet<&OsString> = b.keys().chain(a.keys()).collect();
         for name in names {
+            // another filesystem mounted there (on the live side: /proc, /boot…) is not this
+            // target's: its mount point is not a change either
+            if mb_.contains(name) || ma_.contains(name) {
+                continue;
+            }
             let r = rel.join(name);
             let live = self.shown.join(&r);
             if self.skip.iter().any(|s| live.starts_with(s)) {
@@ -113,7 +125,7 @@ impl Walk {
 
     /// Everything under a folder that exists on one side only: all added, or all deleted.
     fn one_side(&mut self, dir: &Path, rel: &Path, dev: u64, kind: ChangeKind) {
-        for (name, m) in self.entries(dir, dev) {
+        for (name, m) in self.entries(dir, dev).0 {
             let r = rel.join(&name);
             let live = self.shown.join(&r);
             self.push(kind, live, &m, None, m.ino());
@@ -171,7 +183,7 @@ fn differs(b: &Metadata, a: &Metadata, pb: &Path, pa: &Path) -> Option<&'static 
     if b.size() != a.size() {
         return Some("content");
     }
-    if a.file_type().is_file() && !same_contents(pb, pa) {
+    if a.file_type().is_file() && !same_contents(pb, b, pa, a) {
         return Some("content");
     }
     if (a.file_type().is_block_device() || a.file_type().is_char_device()) && b.rdev() != a.rdev() {
@@ -181,8 +193,22 @@ fn differs(b: &Metadata, a: &Metadata, pb: &Path, pa: &Path) -> Option<&'static 
     Some("attributes")
 }
 
-fn same_contents(a: &Path, b: &Path) -> bool {
-    let (Ok(mut fa), Ok(mut fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+/// Opens a file listed as regular, for reading only if it still is that file: never through a
+/// link swapped in since (O_NOFOLLOW), never blocking on a FIFO or acting as a device would
+/// on open (O_NONBLOCK, then the type and inode checked on the descriptor).
+fn open_listed(p: &Path, listed: &std::fs::Metadata) -> Option<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    (m.file_type().is_file() && m.dev() == listed.dev() && m.ino() == listed.ino()).then_some(f)
+}
+
+fn same_contents(a: &Path, ma: &std::fs::Metadata, b: &Path, mb: &std::fs::Metadata) -> bool {
+    let (Some(mut fa), Some(mut fb)) = (open_listed(a, ma), open_listed(b, mb)) else {
         return false;
     };
     let mut ba = vec![0u8; 1 << 16];

@@ -13,8 +13,8 @@ thread_local! {
     static PRIVATE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Moves the calling thread into a mount namespace of its own, once, with propagation off so
-/// that its mounts never reach the host's table. Per thread: a rollback that preserves paths
+/// Moves the calling thread into a mount namespace of its own, once, receiving the host's
+/// mount events but never sending its own: its mounts never reach the host's table. Per thread: a rollback that preserves paths
 /// does it in a thread of its own, so that the rollback's own unmount and mount of the origin
 /// (which the host must see) stay in the host's namespace.
 pub fn private_namespace() -> Result<()> {
@@ -29,7 +29,9 @@ pub fn private_namespace() -> Result<()> {
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        // slave, not private: the host's unmounts still reach this namespace, so that it never
+        // keeps a filesystem the host let go of (a snapshot to merge, an origin to close)
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
     .map_err(|e| Error::Other(format!("cannot make the mount namespace private: {e}")))?;

@@ -62,6 +62,19 @@ pub fn preserve(lvm: &dyn Lvm, rec: &mut RunRecord, invalid: &[bool]) {
             );
             continue;
         }
+        if rel.as_os_str().is_empty() {
+            // a whole volume kept through its own rollback is no rollback: refused before any
+            // room is taken for it
+            note(
+                rec,
+                &lv,
+                &format!(
+                    "{} not preserved: it is the whole of {lv} (preserve a folder inside it)",
+                    p.display()
+                ),
+            );
+            continue;
+        }
         jobs.push((i, mp, rel, p));
     }
     if jobs.is_empty() {
@@ -178,7 +191,7 @@ fn note(rec: &mut RunRecord, lv: &str, msg: &str) {
 }
 
 /// Free COW (thick) or pool data (thin) of at least `need`, extending where the VG has room.
-fn make_room(
+pub(crate) fn make_room(
     lvm: &dyn Lvm,
     lvs: &[lvm::Lv],
     t: &crate::model::record::TargetRecord,

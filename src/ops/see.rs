@@ -491,6 +491,33 @@ pub fn restore(
         v
     };
     let view = View::open(lvm, &held.rec.targets, &which, Access::Read)?;
+    // Writing into the origin fills its kept snapshot (or the thin pool) by as much: room
+    // first, as the watcher would make it, or the restore is refused: the snapshot is the
+    // rollback point and must not be invalidated by taking one path back.
+    let lvs = lvm.lvs()?;
+    for &i in &which {
+        let bytes: u64 = plan
+            .iter()
+            .filter(|x| x.0 == i)
+            .filter_map(|(_, _, rel, _)| crate::change::restore::tree_size(view.of(i)?, rel).ok())
+            .sum();
+        // the data twice (written, then its blocks' metadata and the filesystem's journal)
+        // and a margin for a small restore's journal writes
+        let need = 2 * bytes + (16 << 20);
+        let t = &held.rec.targets[i];
+        if let Err(why) = crate::ops::preserve::make_room(lvm, &lvs, t, need) {
+            let _ = view.close(lvm);
+            return Err(Error::refused(
+                format!(
+                    "restoring into {}/{} needs {} of room in its snapshot: {why}",
+                    t.vg,
+                    t.lv,
+                    crate::size::human(need)
+                ),
+                "free space in the volume group (vgextend, or remove unneeded LVs), then run this again",
+            ));
+        }
+    }
     let mut failed = vec![];
     for (i, mp, rel, p) in &plan {
         let Some(snap) = view.of(*i) else { continue };

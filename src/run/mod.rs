@@ -160,7 +160,9 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
-    recording.finish(lvm, journal, &rec);
+    // a run headed for a rollback does not wait on a look at its snapshot first
+    let look = finished.exit.success() && !watcher.rollback_requested;
+    recording.finish(lvm, journal, &rec, look);
     let code = decide_stage(
         lvm, journal, opts, &mut rec, &finished, &watcher, &sig, &env,
     )?;
@@ -364,7 +366,9 @@ impl Recording {
     }
 
     /// Stops recording and keeps the list beside the run's record.
-    fn finish(self, lvm: &dyn Lvm, journal: &Journal, rec: &RunRecord) {
+    /// `look`: the snapshot may be read to tell replaced paths from new ones (not when the
+    /// run is headed for a rollback: that waits for nothing; such paths then show as added).
+    fn finish(self, lvm: &dyn Lvm, journal: &Journal, rec: &RunRecord, look: bool) {
         use crate::change::record::{classify, Ev};
         use crate::model::change::{ChangeSource, RunChanges, TargetChanges};
         use std::path::Path;
@@ -420,7 +424,7 @@ impl Recording {
             .map(|(k, _)| self.watched[k].0)
             .collect();
         let unknown = |_: usize, _: &Path| None;
-        let targets = if ambiguous.is_empty() {
+        let targets = if ambiguous.is_empty() || !look {
             per_target(&unknown)
         } else {
             match crate::change::view::activate(lvm, &rec.targets, &ambiguous) {

@@ -2,11 +2,12 @@
 //! the volumes themselves, to see what it would do on this very server.
 //!
 //! The snapshots are taken as for a guarded run (the same plan, locks, freeze of the set and
-//! watcher), then mounted writable in guard's own mount namespace. When `/` is a target the
-//! command is chrooted into its copy, with the other targets' copies mounted where they belong,
-//! /proc, /sys and /dev bound, an empty /run (no service manager to talk to), and every other
-//! filesystem under / as an overlay whose writes go to memory. Otherwise the copies are bound
-//! over the targets' mount points in the command's own namespace. Services are never started:
+//! watcher), then mounted writable in guard's own mount namespace. The command is chrooted
+//! into a root made of them: the copy of `/` when `/` is a target, else an overlay of
+//! production's `/` whose writes go to memory; the other targets' copies where they belong,
+//! every other filesystem as such an overlay, /proc and /sys read only where they reach the
+//! kernel, a /dev without disks, an empty /run (no service manager to talk to). Writes outside
+//! the copies are listed, then dropped. Services are never started:
 //! a policy-rc.d that refuses (101) and SYSTEMD_OFFLINE=1. The policy's checks run in the same
 //! place. Then the outcome, the exit status and the change are printed, and the copies removed.
 //! The record is a copy run: never a rollback point, removed by `guard recover` if guard dies.
@@ -25,9 +26,9 @@ use std::time::Instant;
 
 /// Where the command and the checks of a rehearsal run, set up in each child before exec.
 struct Sandbox {
-    /// (source, target) bind mounts made in the child's own namespace (copies over mount points)
-    binds: Vec<(CString, CString)>,
     chroot: Option<CString>,
+    /// the working folder inside the chroot (else /)
+    cwd: Option<CString>,
 }
 
 static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
@@ -52,32 +53,95 @@ pub fn confine(cmd: &mut std::process::Command) {
                 std::ptr::null(),
                 root.as_ptr(),
                 std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
+                libc::MS_REC | libc::MS_SLAVE,
                 std::ptr::null(),
             ) != 0
             {
                 return Err(err());
             }
-            for (s, t) in &sb.binds {
-                if libc::mount(
-                    s.as_ptr(),
-                    t.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
-                {
+            if let Some(r) = &sb.chroot {
+                if libc::chroot(r.as_ptr()) != 0 {
                     return Err(err());
                 }
-            }
-            if let Some(r) = &sb.chroot {
-                if libc::chroot(r.as_ptr()) != 0 || libc::chdir(root.as_ptr()) != 0 {
+                let into = |d: &CString| libc::chdir(d.as_ptr()) == 0;
+                if !sb.cwd.as_ref().is_some_and(into) && libc::chdir(root.as_ptr()) != 0 {
                     return Err(err());
                 }
             }
             Ok(())
         });
     }
+}
+
+/// /proc, /sys, /dev and /run of the rehearsal's root: enough for package scripts, nothing
+/// that reaches the machine itself. /sys and /proc/sys read only (no kernel setting, no EFI
+/// variable); a /dev of its own with the harmless devices and the terminals, no disk (a boot
+/// loader's install or a raw write fails instead of hitting the real disk); an empty /run (no
+/// service manager, no LVM lock shared with the host).
+fn system_mounts(mounts: &mut Mounts, r: &Path) -> Result<()> {
+    use nix::mount::MsFlags as F;
+    let ro = F::MS_BIND | F::MS_REMOUNT | F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV;
+    let (proc_, sys, dev) = (r.join("proc"), r.join("sys"), r.join("dev"));
+    mounts.mount(Some(Path::new("/proc")), &proc_, None, F::MS_BIND, None)?;
+    for p in ["sys", "sysrq-trigger"] {
+        let at = proc_.join(p);
+        mounts.mount(Some(&at), &at, None, F::MS_BIND, None)?;
+        mounts.remount(&at, ro)?;
+    }
+    mounts.mount(Some(Path::new("/sys")), &sys, None, F::MS_BIND, None)?;
+    mounts.remount(&sys, ro)?;
+    mounts.mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        F::MS_NOSUID,
+        Some("mode=0755,size=1m"),
+    )?;
+    for d in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let (host, at) = (Path::new("/dev").join(d), dev.join(d));
+        if !host.exists() {
+            continue;
+        }
+        std::fs::write(&at, b"").map_err(|e| Error::io("rehearsal: cannot make /dev", e))?;
+        mounts.mount(Some(&host), &at, None, F::MS_BIND, None)?;
+    }
+    for d in ["pts", "shm"] {
+        std::fs::create_dir(dev.join(d))
+            .map_err(|e| Error::io("rehearsal: cannot make /dev", e))?;
+    }
+    if Path::new("/dev/pts/ptmx").exists() {
+        mounts.mount(
+            Some(Path::new("/dev/pts")),
+            &dev.join("pts"),
+            None,
+            F::MS_BIND,
+            None,
+        )?;
+    }
+    mounts.mount(
+        Some(Path::new("tmpfs")),
+        &dev.join("shm"),
+        Some("tmpfs"),
+        F::MS_NOSUID | F::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    for (l, t) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(t, dev.join(l))
+            .map_err(|e| Error::io("rehearsal: cannot make /dev", e))?;
+    }
+    mounts.mount(
+        Some(Path::new("tmpfs")),
+        &r.join("run"),
+        Some("tmpfs"),
+        F::empty(),
+        Some("mode=0755"),
+    )
 }
 
 fn cstr(p: &Path) -> Result<CString> {
@@ -122,6 +186,16 @@ impl Mounts {
         })?;
         self.0.push(at.to_path_buf());
         Ok(())
+    }
+
+    /// Flags changed on a mount made already (not recorded again).
+    fn remount(&mut self, at: &Path, flags: nix::mount::MsFlags) -> Result<()> {
+        nix::mount::mount(None::<&str>, at, None::<&str>, flags, None::<&str>).map_err(|e| {
+            Error::Other(format!(
+                "rehearsal: cannot make {} read only: {e}",
+                at.display()
+            ))
+        })
     }
 
     fn undo(&mut self) {
@@ -244,115 +318,116 @@ fn rehearse_on_copies(
     });
     // live mount point → where the command sees its copy, from guard's side
     let mut copy_of: Vec<(PathBuf, PathBuf)> = vec![];
+    // the command's working folder, looked up again inside its root (a folder on a target is
+    // then the copy's: a working folder kept from before the mounts would be production's)
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let mut sandbox = Sandbox {
-        binds: vec![],
         chroot: None,
+        cwd: Some(cstr(&cwd)?),
     };
-    let mut outside = None;
-    if let Some(ri) = root_idx {
-        let r = view.of(ri).unwrap_or(Path::new("/")).to_path_buf();
-        copy_of.push(("/".into(), r.clone()));
-        let mut others: Vec<(PathBuf, PathBuf)> = which
-            .iter()
-            .filter(|&&i| i != ri)
-            .filter_map(|&i| {
-                Some((
-                    rec.targets[i].mountpoints.first()?.clone(),
-                    view.of(i)?.to_path_buf(),
-                ))
-            })
-            .collect();
-        others.sort_by_key(|(mp, _)| mp.components().count());
-        for (mp, src) in &others {
-            let at = r.join(mp.strip_prefix("/").unwrap_or(mp));
-            mounts.mount(Some(src), &at, None, MsFlags::MS_BIND, None)?;
-            copy_of.push((mp.clone(), at));
+    let mut outside: Option<Vec<(PathBuf, PathBuf)>> = None;
+    // writes that land outside the protected volumes go to memory (and are listed)
+    let upper = view.root().join("outside");
+    std::fs::create_dir(&upper).map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
+    mounts.mount(
+        Some(Path::new("tmpfs")),
+        &upper,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0700"),
+    )?;
+    let mut n = 0;
+    let mut overlay = |mounts: &mut Mounts, lower: &Path, at: &Path| -> Result<PathBuf> {
+        n += 1;
+        let (u, w) = (upper.join(format!("{n}.u")), upper.join(format!("{n}.w")));
+        for d in [&u, &w] {
+            std::fs::create_dir(d).map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
         }
-        // every other filesystem under /: an overlay, so that reads see production and writes
-        // land in memory (and are listed)
-        let table = crate::mounts::read()?;
-        let upper = view.root().join("outside");
-        std::fs::create_dir(&upper).map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            u.display(),
+            w.display()
+        );
         mounts.mount(
-            Some(Path::new("tmpfs")),
-            &upper,
-            Some("tmpfs"),
+            Some(Path::new("overlay")),
+            at,
+            Some("overlay"),
             MsFlags::empty(),
-            Some("mode=0700"),
+            Some(&data),
         )?;
-        let targets_mp: Vec<&PathBuf> = rec
-            .targets
-            .iter()
-            .flat_map(|t| t.mountpoints.iter())
-            .collect();
-        let mut n = 0;
-        for m in table
-            .iter()
-            .filter(|m| m.source.starts_with("/dev/") && m.mountpoint != Path::new("/"))
-        {
-            if targets_mp.contains(&&m.mountpoint)
-                || ["/proc", "/sys", "/dev", "/run"]
-                    .iter()
-                    .any(|v| m.mountpoint.starts_with(v))
-                || m.mountpoint.starts_with(view.root())
-            {
-                continue;
-            }
-            let at = r.join(m.mountpoint.strip_prefix("/").unwrap_or(&m.mountpoint));
-            if !at.is_dir() {
-                continue;
-            }
-            n += 1;
-            let (u, w) = (upper.join(format!("{n}.u")), upper.join(format!("{n}.w")));
-            for d in [&u, &w] {
-                std::fs::create_dir(d)
-                    .map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
-            }
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={}",
-                m.mountpoint.display(),
-                u.display(),
-                w.display()
-            );
-            mounts.mount(
-                Some(Path::new("overlay")),
-                &at,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(&data),
-            )?;
-            outside
-                .get_or_insert_with(Vec::new)
-                .push((m.mountpoint.clone(), u));
+        Ok(u)
+    };
+    // The command always runs chrooted: into the copy of / when / is a target, else into an
+    // overlay of production's / (reads see production, writes go to memory). Either way no
+    // path it can name is production's, writable.
+    let r = match root_idx {
+        Some(ri) => view.of(ri).unwrap_or(Path::new("/")).to_path_buf(),
+        None => {
+            let r = view.root().join("root");
+            std::fs::create_dir(&r).map_err(|e| Error::io("rehearsal: cannot make a folder", e))?;
+            let u = overlay(&mut mounts, Path::new("/"), &r)?;
+            outside.get_or_insert_with(Vec::new).push(("/".into(), u));
+            r
         }
-        for v in ["proc", "sys", "dev"] {
-            let at = r.join(v);
-            mounts.mount(
-                Some(&Path::new("/").join(v)),
-                &at,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-        }
-        mounts.mount(
-            Some(Path::new("tmpfs")),
-            &r.join("run"),
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=0755"),
-        )?;
-        sandbox.chroot = Some(cstr(&r)?);
-    } else {
-        for &i in &which {
-            let (Some(mp), Some(src)) = (rec.targets[i].mountpoints.first(), view.of(i)) else {
-                continue;
-            };
-            sandbox.binds.push((cstr(src)?, cstr(mp)?));
-            copy_of.push((mp.clone(), src.to_path_buf()));
-        }
-        sandbox.binds.sort_by_key(|(_, t)| t.as_bytes().len());
+    };
+    copy_of.push(("/".into(), r.clone()));
+    // then every filesystem under /, parents before children: the other targets' copies,
+    // and overlays of the rest
+    enum Under {
+        Copy(PathBuf),
+        Overlay,
     }
+    let mut under: Vec<(PathBuf, Under)> = which
+        .iter()
+        .filter(|&&i| Some(i) != root_idx)
+        .filter_map(|&i| {
+            Some((
+                rec.targets[i].mountpoints.first()?.clone(),
+                Under::Copy(view.of(i)?.to_path_buf()),
+            ))
+        })
+        .collect();
+    let table = crate::mounts::read()?;
+    let targets_mp: Vec<&PathBuf> = rec
+        .targets
+        .iter()
+        .flat_map(|t| t.mountpoints.iter())
+        .collect();
+    for m in table
+        .iter()
+        .filter(|m| m.source.starts_with("/dev/") && m.mountpoint != Path::new("/"))
+    {
+        if targets_mp.contains(&&m.mountpoint)
+            || ["/proc", "/sys", "/dev", "/run"]
+                .iter()
+                .any(|v| m.mountpoint.starts_with(v))
+            || m.mountpoint.starts_with(view.root())
+            || under.iter().any(|(mp, _)| *mp == m.mountpoint)
+        {
+            continue;
+        }
+        under.push((m.mountpoint.clone(), Under::Overlay));
+    }
+    under.sort_by_key(|(mp, _)| mp.components().count());
+    for (mp, what) in &under {
+        let at = r.join(mp.strip_prefix("/").unwrap_or(mp));
+        if !at.is_dir() {
+            continue;
+        }
+        match what {
+            Under::Copy(src) => {
+                mounts.mount(Some(src), &at, None, MsFlags::MS_BIND, None)?;
+                copy_of.push((mp.clone(), at));
+            }
+            Under::Overlay => {
+                let u = overlay(&mut mounts, mp, &at)?;
+                outside.get_or_insert_with(Vec::new).push((mp.clone(), u));
+            }
+        }
+    }
+    system_mounts(&mut mounts, &r)?;
+    sandbox.chroot = Some(cstr(&r)?);
     // services are never started (invoke-rc.d and deb-systemd-invoke ask policy-rc.d)
     let rcd = copy_of
         .iter()
@@ -557,9 +632,11 @@ fn list_upper(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
         if out.len() > 1000 {
             return;
         }
-        out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
+        // folders only hold what was written (copied up to hold it), not news themselves
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             list_upper(base, &p, out);
+        } else {
+            out.push(p.strip_prefix(base).unwrap_or(&p).to_path_buf());
         }
     }
 }

@@ -283,6 +283,14 @@ impl Journal {
     /// A run's change (`guard diff`), beside its record: written once when the command ends,
     /// not with every record write (it can hold many paths).
     pub fn write_changes(&self, c: &crate::model::change::RunChanges) -> Result<()> {
+        if crate::dm::freeze::on_frozen_fs(&self.dir) {
+            // another guard holds the journal's filesystem frozen (its VG is full): writing
+            // would block this run before its decision; the list is the part that can go
+            return Err(Error::Other(format!(
+                "{} is frozen by another guard run: the change list is not kept",
+                self.dir.display()
+            )));
+        }
         self.ensure_dir()?;
         let ctx = |what: &str| format!("cannot {what} the change list in {}", self.dir.display());
         let mut tmp = tempfile::Builder::new()

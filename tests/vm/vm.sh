@@ -17,7 +17,7 @@ PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1
       libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs libinih1 liburcu8 acl attr"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=9
+RECIPE=10
 
 need_host_tools() {
   local missing="" p
@@ -60,7 +60,7 @@ prepare() {
   cp -a "$X/lib/modules/$K"/modules.* "$R/lib/modules/$K/"
   (cd "$X/lib/modules/$K" && find kernel/drivers/md kernel/drivers/virtio kernel/drivers/block kernel/fs/ext4 \
      kernel/fs/jbd2 kernel/fs/mbcache.ko kernel/fs/xfs kernel/lib kernel/crypto kernel/net/9p kernel/fs/9p \
-     kernel/fs/netfs kernel/fs/fscache -name '*.ko*' 2>/dev/null | cpio -pdm "$R/lib/modules/$K/" 2>/dev/null)
+     kernel/fs/netfs kernel/fs/fscache kernel/fs/overlayfs -name '*.ko*' 2>/dev/null | cpio -pdm "$R/lib/modules/$K/" 2>/dev/null)
   depmod -b "$R" "$K"   # the .deb ships no modules.dep: depmod makes it at install time
   export LD_LIBRARY_PATH="$X/lib/x86_64-linux-gnu:$X/usr/lib/x86_64-linux-gnu"
   mkdir -p "$R/lib/x86_64-linux-gnu"
@@ -100,7 +100,7 @@ mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts; mount -t devpts -o ptmxmode=666 devpts /dev/pts; ln -sf pts/ptmx /dev/ptmx
 mkdir -p /run/lock /run/lvm /dev/shm /host /tmp /var/lib /var/log /root; ln -sf /proc/self/mounts /etc/mtab
 # crc32c_generic first, or ext4 mounts fail with "Cannot load crc32c driver"
-for m in crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-snapshot dm-thin-pool ext4 xfs 9pnet_virtio 9p; do
+for m in crc32c_generic libcrc32c virtio_pci virtio_blk dm-mod dm-snapshot dm-thin-pool ext4 xfs overlay 9pnet_virtio 9p; do
   modprobe $m 2>/dev/null; done
 mount -t 9p -o trans=virtio,version=9p2000.L host /host
 [ -x /host/guard ] && cp /host/guard /usr/sbin/guard
