@@ -254,6 +254,8 @@ impl Lvm for RealLvm {
     }
 
     fn extend(&self, vg: &str, lv: &str, bytes: u64) -> Result<()> {
+        // lvextend takes sizes in whole sectors (it rounds up to extents itself)
+        let bytes = bytes.div_ceil(512) * 512;
         self.lvm("lvextend")?
             .args(["-q", "-L", &format!("+{bytes}b"), &format!("{vg}/{lv}")])
             .run_checked()
