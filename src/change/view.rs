@@ -178,29 +178,11 @@ impl View {
 
     /// Unmounts only (the thread that mounted); the caller deactivates.
     pub fn unmount(mut self) -> Result<()> {
-        let mut errors = vec![];
-        while let Some((_, at)) = self.mounted.pop() {
-            if let Err(e) = nix::mount::umount(&at) {
-                errors.push(format!("cannot unmount {}: {e}", at.display()));
-                if nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH).is_err() {
-                    self.leak();
-                }
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Other(errors.join("; ")))
-        }
+        joined(self.unmount_all())
     }
 
-    /// Unmounts (and deactivates what was activated); errors are returned, not hidden: a
-    /// snapshot still mounted cannot be merged.
-    pub fn close(mut self, lvm: &dyn Lvm) -> Result<()> {
-        self.close_inner(lvm)
-    }
-
-    fn close_inner(&mut self, lvm: &dyn Lvm) -> Result<()> {
+    /// Unmounts everything, deepest first; what could not be unmounted cleanly.
+    fn unmount_all(&mut self) -> Vec<String> {
         let mut errors = vec![];
         while let Some((_, at)) = self.mounted.pop() {
             if let Err(e) = nix::mount::umount(&at) {
@@ -211,16 +193,31 @@ impl View {
                 }
             }
         }
+        errors
+    }
+
+    /// Unmounts (and deactivates what was activated); errors are returned, not hidden: a
+    /// snapshot still mounted cannot be merged.
+    pub fn close(mut self, lvm: &dyn Lvm) -> Result<()> {
+        self.close_inner(lvm)
+    }
+
+    fn close_inner(&mut self, lvm: &dyn Lvm) -> Result<()> {
+        let mut errors = self.unmount_all();
         for (vg, lv) in self.activated.drain(..) {
             if let Err(e) = lvm.deactivate(&vg, &lv) {
                 errors.push(format!("cannot deactivate {vg}/{lv}: {e}"));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Other(errors.join("; ")))
-        }
+        joined(errors)
+    }
+}
+
+fn joined(errors: Vec<String>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Other(errors.join("; ")))
     }
 }
 

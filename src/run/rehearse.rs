@@ -538,6 +538,14 @@ fn rehearse_on_copies(
             code = super::EXIT_CHECK_FAILED;
         }
     }
+    // a daemon the command left behind (started by a package script, detached) would keep
+    // the copies mounted and their snapshots from being removed: it is part of the rehearsal
+    let left = kill_leftovers(&r);
+    if left > 0 {
+        ui::warn(&format!(
+            "{left} process(es) the command left running in the rehearsal were stopped"
+        ));
+    }
     if let Some(p) = &rcd {
         let _ = std::fs::remove_file(p);
     }
@@ -618,6 +626,43 @@ fn rehearse_on_copies(
             packages,
         }),
     ))
+}
+
+/// Kills (SIGKILL) every process whose root is the rehearsal's root (the command and all it
+/// started: they were all chrooted there), until none is left or 5 s have passed; how many.
+fn kill_leftovers(root: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(r) = std::fs::metadata(root) else {
+        return 0;
+    };
+    let me = std::process::id();
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let mut found = false;
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid as u32 == me {
+                continue;
+            }
+            let same_root = std::fs::metadata(format!("/proc/{pid}/root"))
+                .is_ok_and(|m| m.dev() == r.dev() && m.ino() == r.ino());
+            if same_root {
+                found = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                killed.insert(pid);
+            }
+        }
+        if !found {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    killed.len()
 }
 
 /// Most paths kept per volume; past it, counted per folder.

@@ -172,6 +172,13 @@ check "the rehearsal's /dev has no disk" sh -c "! grep -q SAW-DISK rh4"
 check "nor can it write a kernel setting (/proc/sys, /sys)" sh -c "! grep -q WROTE- rh4"
 manifest /mnt/data > man-after4
 check "production unchanged once more" cmp -s man-before man-after4
+# a daemon left running (its own session, its working folder on the copy) must not keep the copy
+guard rehearse --lv vg/data -- sh -c 'cd /mnt/data && setsid sleep 4242 </dev/null >/dev/null 2>&1 & sleep 0.2' > rh5 2>&1; rc=$?
+check_eq "a rehearsal that leaves a daemon exits 0" "$rc" 0
+check_out "and says it stopped it" rh5 "left running in the rehearsal were stopped"
+check "no such process is left" sh -c "! ps | grep -v grep | grep -q 'sleep 4242'"
+lvs_state > lvs-after5
+check "its snapshot was removed (LVM unchanged)" cmp -s lvs-before lvs-after5
 umount /mnt/data
 refuse 125 "none of the volumes is mounted" guard rehearse --lv vg/data -- true
 end
