@@ -402,6 +402,7 @@ pub fn release_mounts(j: &Journal, rec: &mut RunRecord) -> Result<()> {
     let Some(mut m) = rec.mounted.take() else {
         return Ok(());
     };
+    let made: Vec<PathBuf> = m.mounted.iter().map(|x| x.at.clone()).collect();
     let errors = crate::run::copy::unmount_all(&mut m);
     if !errors.is_empty() {
         rec.mounted = Some(m);
@@ -415,6 +416,13 @@ pub fn release_mounts(j: &Journal, rec: &mut RunRecord) -> Result<()> {
         ));
     }
     if m.root.starts_with("/run/guard/mnt") {
+        // the folders made for several targets (ROOT/VG/LV), deepest first; remove_dir never
+        // takes a folder that is not empty
+        for at in made.iter().rev().filter(|a| a.starts_with(&m.root)) {
+            for d in at.ancestors().take_while(|d| *d != m.root) {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
         let _ = std::fs::remove_dir(&m.root);
     }
     j.write(rec)

@@ -107,6 +107,22 @@ check_out "a committed run's diff comes from the journal" d2 "/mnt/data/added"
 refuse 125 "only a kept run" guard restore "$run" /mnt/data/f
 end
 
+begin mount_of_two_volumes_leaves_nothing_behind
+mkfs_lv a1 32M /mnt/a1; mkfs_lv a2 32M /mnt/a2
+guard -q --lv vg/a1 --lv vg/a2 --keep 1h -- sh -c 'echo x > /mnt/a1/x' > o2 2>&1
+run2=$(ls -t /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
+guard mount "$run2" > m2 2>&1; rc=$?
+check_eq "guard mount of a two-volume run exits 0" "$rc" 0
+check_eq "each volume's snapshot in its own folder" "$(cat /run/guard/mnt/$run2/vg/a1/f /run/guard/mnt/$run2/vg/a2/f 2>&1 | tr '\n' ' ')" "original original "
+guard umount "$run2" > u2 2>&1
+check "guard umount leaves no folder behind" test ! -e /run/guard/mnt/$run2
+guard mount "$run2" > m3 2>&1; rc=$?
+check_eq "so it can be mounted again" "$rc" 0
+guard commit "$run2" > c2 2>&1; rc=$?
+check_eq "and committed (unmounted first)" "$rc" 0
+check "nothing left there" test ! -e /run/guard/mnt/$run2
+end
+
 begin preserve_keeps_logs_through_a_deferred_rollback
 mkfs_lv data 64M /mnt/data
 mkdir -p /mnt/data/log; echo "before" > /mnt/data/log/app.log; sync
