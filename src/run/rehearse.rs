@@ -33,6 +33,10 @@ struct Sandbox {
 
 static SANDBOX: OnceLock<Arc<Sandbox>> = OnceLock::new();
 
+/// linux/capability.h: CAP_NET_ADMIN, CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_PTRACE,
+/// CAP_SYS_ADMIN, CAP_SYS_BOOT, CAP_SYS_TIME (libc does not name them).
+const DROPPED_CAPS: [libc::c_ulong; 7] = [12, 16, 17, 19, 21, 22, 25];
+
 /// Puts a child of a rehearsal into its sandbox (no-op outside a rehearsal). Called for the
 /// command (child.rs) and the checks (hooks.rs).
 pub fn confine(cmd: &mut std::process::Command) {
@@ -45,7 +49,9 @@ pub fn confine(cmd: &mut std::process::Command) {
     unsafe {
         cmd.pre_exec(move || {
             let err = std::io::Error::last_os_error;
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            // its own mounts, host name and IPC: a `hostname` or a shared-memory segment of the
+            // rehearsal stays in it
+            if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) != 0 {
                 return Err(err());
             }
             let root = c"/";
@@ -68,6 +74,20 @@ pub fn confine(cmd: &mut std::process::Command) {
                     return Err(err());
                 }
             }
+            // What no namespace here covers, taken from the command (root keeps the rest:
+            // owners, modes, setuid for apt's downloads): loading kernel modules, rebooting,
+            // setting the clock, raw I/O, tracing host processes, the network's configuration,
+            // and mounting (a swap file on the copy, or a mount that would keep it busy).
+            for cap in DROPPED_CAPS {
+                libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             Ok(())
         });
     }
@@ -151,8 +171,10 @@ fn cstr(p: &Path) -> Result<CString> {
 
 /// What a rehearsal cannot show, said every time.
 const LIMITS: &str = "a rehearsal does not show: services (none is started or restarted), \
-network side effects (downloads happen; remote systems are not rehearsed), and writes outside \
-the protected volumes (they go to memory and are listed, then dropped)";
+network side effects (downloads happen; other systems, and local services reached over the \
+network or a socket, such as a database on 127.0.0.1, are not rehearsed: they see the command), \
+and writes outside \
+the protected volumes (they go to memory and are listed, then dropped); it keeps a command's mistakes off production, not a command bent on reaching it (that runs as root)";
 
 pub fn rehearse(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> i32 {
     match execute(lvm, journal, opts) {

@@ -174,10 +174,12 @@ guard rehearse --lv vg/data --check "test -e /mnt/data/nothing" -- true > rh3 2>
 check_eq "a check that fails on the copy fails the rehearsal (123)" "$rc" 123
 # the command's own working folder on the target, a write outside the volumes, the machine
 # itself (a disk, a kernel setting): none reaches production
+host_name=$(hostname)
 cd /mnt/data || exit 1
 guard rehearse --lv vg/data -- sh -c 'echo x > rel-file; echo y > /tmp/w/outside-file
   ls /dev/vda >/dev/null 2>&1 && echo SAW-DISK; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null && echo WROTE-SYSCTL
-  echo 1 > /sys/kernel/mm/ksm/run 2>/dev/null && echo WROTE-SYS; true' > /tmp/w/rh4 2>&1; rc=$?
+  echo 1 > /sys/kernel/mm/ksm/run 2>/dev/null && echo WROTE-SYS
+  mount -t tmpfs t /mnt 2>/dev/null && echo WROTE-MOUNT; hostname rehearsed 2>/dev/null; true' > /tmp/w/rh4 2>&1; rc=$?
 cd /tmp/w || exit 1
 check_eq "a rehearsal run from a folder on the target exits 0" "$rc" 0
 check "its relative write went to the copy, not production" test ! -e /mnt/data/rel-file
@@ -185,7 +187,8 @@ check_out "and is in the rehearsal's diff" rh4 "\+ /mnt/data/rel-file"
 check "a write outside the protected volumes did not reach production" test ! -e /tmp/w/outside-file
 check_out "and is named" rh4 "wrote outside the protected volumes, under / .*: /tmp/w/outside-file"
 check "the rehearsal's /dev has no disk" sh -c "! grep -q SAW-DISK rh4"
-check "nor can it write a kernel setting (/proc/sys, /sys)" sh -c "! grep -q WROTE- rh4"
+check "nor can it write a kernel setting (/proc/sys, /sys) or mount" sh -c "! grep -q WROTE- rh4"
+check_eq "nor rename the machine" "$(hostname)" "$host_name"
 manifest /mnt/data > man-after4
 check "production unchanged once more" cmp -s man-before man-after4
 # a daemon left running (its own session, its working folder on the copy) must not keep the copy
