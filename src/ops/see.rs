@@ -4,7 +4,6 @@
 //! holds the run's lock, so that a commit or rollback never meets a snapshot in use.
 use crate::change::view::{Access, View};
 use crate::error::{Error, Result};
-use crate::exec::CommandExt;
 use crate::lvm::Lvm;
 use crate::model::change::{ChangeSource, RunChanges, TargetChanges};
 use crate::model::record::{CopyMount, CopyRun, Event};
@@ -370,20 +369,7 @@ pub fn mount(lvm: &dyn Lvm, j: &Journal, id: &str, dir: Option<PathBuf>) -> Resu
         if fstype.as_deref() == Some("xfs") {
             opts.push_str(",nouuid");
         }
-        let (_dir, heldmp) = crate::ops::rollback::held_mountpoint(&at)?;
-        let mut cmd = crate::exec::system_command("mount")?;
-        cmd.arg("--no-canonicalize");
-        if let Some(f) = &fstype {
-            cmd.args(["-t", f]);
-        }
-        cmd.args(["-o", &opts, &dev, &heldmp])
-            .run_checked()
-            .map_err(|e| {
-                Error::Other(format!(
-                    "cannot mount the snapshot {dev} at {}: {e}",
-                    at.display()
-                ))
-            })?;
+        crate::run::copy::mount_snapshot(&dev, &at, fstype.as_deref(), &opts)?;
         ui::say(&format!(
             "snapshot of {}/{} (as it was before run {id}) mounted read-only at {}",
             t.vg,

@@ -160,22 +160,7 @@ pub fn mount_all(
             });
         }
         journal.write(rec)?;
-        let mut args = vec!["--no-canonicalize".to_string()];
-        if let Some(f) = &t.fstype {
-            args.extend(["-t".into(), f.clone()]);
-        }
-        args.extend(["-o".into(), mount_options(t), dev.clone()]);
-        let (_dir, held) = crate::ops::rollback::held_mountpoint(&at)?;
-        args.push(held);
-        crate::exec::system_command("mount")?
-            .args(&args)
-            .run_checked()
-            .map_err(|e| {
-                Error::Other(format!(
-                    "cannot mount the snapshot {dev} at {}: {e}",
-                    at.display()
-                ))
-            })?;
+        mount_snapshot(&dev, &at, t.fstype.as_deref(), &mount_options(t))?;
         ui::say(&format!(
             "snapshot of {} mounted read-only at {}",
             t.full_name(),
@@ -239,6 +224,26 @@ pub fn end(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<()> 
         }
     }
     crate::run::commit(lvm, journal, rec)
+}
+
+/// mount(8) of a snapshot at `at`, through a held descriptor of the folder (a folder swapped
+/// for a link after it was checked is not followed), never canonicalized.
+pub fn mount_snapshot(dev: &str, at: &Path, fstype: Option<&str>, opts: &str) -> Result<()> {
+    let (_dir, held) = crate::ops::rollback::held_mountpoint(at)?;
+    let mut cmd = crate::exec::system_command("mount")?;
+    cmd.arg("--no-canonicalize");
+    if let Some(f) = fstype {
+        cmd.args(["-t", f]);
+    }
+    cmd.args(["-o", opts, dev, &held])
+        .run_checked()
+        .map(drop)
+        .map_err(|e| {
+            Error::Other(format!(
+                "cannot mount the snapshot {dev} at {}: {e}",
+                at.display()
+            ))
+        })
 }
 
 #[cfg(test)]
