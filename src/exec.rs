@@ -50,6 +50,28 @@ pub fn stderr_tail(stderr: &[u8]) -> String {
     lines[start..].join(" / ")
 }
 
+/// `GUARD_TRACE=1`: every program guard runs, with its duration and the time since start, on
+/// stderr. How the cost of a run is taken apart (bench/run.sh overhead); nothing else reads it.
+pub fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("GUARD_TRACE").is_some())
+}
+
+fn start_time() -> std::time::Instant {
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(std::time::Instant::now)
+}
+
+/// A trace line (see `tracing`): a stage reached.
+pub fn trace(what: &str) {
+    if tracing() {
+        eprintln!(
+            "guard-trace {:7.1} ms  {what}",
+            start_time().elapsed().as_secs_f64() * 1000.0
+        );
+    }
+}
+
 pub trait CommandExt {
     /// Runs to completion; a non-zero exit becomes an error carrying the stderr tail.
     fn run_checked(&mut self) -> Result<Output>;
@@ -59,6 +81,7 @@ pub trait CommandExt {
 
 impl CommandExt for Command {
     fn run_checked(&mut self) -> Result<Output> {
+        let t = tracing().then(|| (start_time(), std::time::Instant::now()));
         let out = self
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -69,6 +92,15 @@ impl CommandExt for Command {
                     e,
                 )
             })?;
+        if let Some((_, t)) = t {
+            let args: Vec<_> = self.get_args().map(|a| a.to_string_lossy()).collect();
+            trace(&format!(
+                "{} {} ({:.1} ms)",
+                Path::new(self.get_program()).display(),
+                args.join(" "),
+                t.elapsed().as_secs_f64() * 1000.0
+            ));
+        }
         if out.status.success() {
             return Ok(out);
         }

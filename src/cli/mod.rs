@@ -553,6 +553,8 @@ pub fn preflight() -> Result<()> {
 }
 
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
+    crate::exec::trace("main");
+    crate::lvm::shell::start_early(&args);
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -573,15 +575,22 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
 
 fn dispatch(cli: Cli) -> Result<i32> {
     let journal = Journal::open_default();
-    let lvm = RealLvm;
+    let lvm = RealLvm::default();
+    // The commands that run several lvm2 commands in a row use one lvm shell (lvm/shell.rs),
+    // started once the caller is known to be root.
     let Some(sub) = cli.sub else {
         if cli.run.command.is_empty() && cli.run.lvs.is_empty() && cli.run.mounts.is_empty() {
             let _ = Cli::command().print_help();
             return Ok(125);
         }
+        crate::exec::trace("parsed");
         let policy = cli.run.policy.as_deref().map(policy::load).transpose()?;
         let opts = build_run_options(&cli.run, policy.as_ref())?;
+        crate::exec::trace("options");
         preflight()?;
+        crate::exec::trace("preflight");
+        let lvm = RealLvm::with_shell();
+        crate::exec::trace("lvm shell started");
         return Ok(transaction::run(&lvm, &journal, &opts));
     };
     match sub {
@@ -594,6 +603,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
             opts.finish = false;
             opts.copy_root = Some(a.mount_at.clone());
             preflight()?;
+            let lvm = RealLvm::with_shell();
             Ok(transaction::copy(&lvm, &journal, &opts))
         }
         Sub::Completions { shell } => {
@@ -619,6 +629,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Sub::Status { json, all } => {
             preflight()?;
+            let lvm = RealLvm::with_shell();
             let st = status::collect(&lvm, &journal, all)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
@@ -635,6 +646,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Sub::Recover { expire } => {
             preflight()?;
+            let lvm = RealLvm::with_shell();
             let sum = recover::recover(&lvm, &journal, expire)?;
             Ok(if sum.errors > 0 { 1 } else { 0 })
         }
@@ -675,10 +687,12 @@ fn dispatch(cli: Cli) -> Result<i32> {
             let policy = a.policy.as_deref().map(policy::load).transpose()?;
             let opts = build_run_options(&a, policy.as_ref())?;
             preflight()?;
+            let lvm = RealLvm::with_shell();
             Ok(crate::run::rehearse::rehearse(&lvm, &journal, &opts))
         }
         Sub::Commit { run } => {
             preflight()?;
+            let lvm = RealLvm::with_shell();
             let mut held = crate::ops::hold(&lvm, &journal, &run, "commit")?;
             commit_run(&lvm, &journal, &mut held.rec)
         }
@@ -713,6 +727,7 @@ fn dispatch(cli: Cli) -> Result<i32> {
                     );
                 }
             }
+            let lvm = RealLvm::with_shell();
             let mut held = crate::ops::hold(&lvm, &journal, &run, "rollback")?;
             rollback_cmd(&lvm, &journal, &mut held.rec, finish)
         }

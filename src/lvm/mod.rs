@@ -4,6 +4,7 @@
 //! anything about LVM: the VM tier (tests/vm) runs it against real volume groups.
 pub mod real;
 pub mod report;
+pub mod shell;
 pub mod sim;
 
 use crate::error::Result;

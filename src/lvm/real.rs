@@ -1,27 +1,148 @@
-//! The lvm2 command-line tools, run through the single `lvm` binary.
+//! The lvm2 command-line tools, run through the single `lvm` binary: in one lvm shell for the
+//! whole of a guarded run where lvm2's profile for that is installed (see shell.rs), else one
+//! process per command. Both take the same arguments and give the same errors.
 use super::report::{parse_lvs, parse_vgs, LV_FIELDS, VG_FIELDS};
+use super::shell::Shell;
 use super::{Action, Lv, Lvm, MergeState, SnapshotRequest, Vg};
 use crate::error::{Error, Result};
 use crate::exec::{system_command, CommandExt};
-use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
-pub struct RealLvm;
+#[derive(Default)]
+pub struct RealLvm {
+    /// The lvm shell, while it works; None: one process per command.
+    shell: Mutex<Option<Shell>>,
+}
+
+impl std::fmt::Debug for RealLvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RealLvm")
+    }
+}
+
+/// What a command gave back: its report (JSON) and, when asked for, its messages.
+struct Answer {
+    report: Vec<u8>,
+    messages: String,
+}
 
 impl RealLvm {
-    fn lvm(&self, sub: &str) -> Result<Command> {
-        let mut c = system_command("lvm")?;
-        c.arg(sub);
+    /// With an lvm shell started now, so that its start-up overlaps guard's own. For the
+    /// commands that run several lvm2 commands in a row (a guarded run, a rollback).
+    pub fn with_shell() -> RealLvm {
+        let shell = crate::exec::find_program("lvm").and_then(|p| super::shell::take_or_start(&p));
+        RealLvm {
+            shell: Mutex::new(shell),
+        }
+    }
+
+    /// The words of an lvm2 command: `sub`, the config guard needs, then `args`.
+    fn words(sub: &str, args: &[&str]) -> Vec<String> {
+        let mut w = vec![sub.to_string()];
         // lvm archives metadata under /etc/lvm before a change, while holding the VG's lock: on
         // a filesystem a guard holds frozen that write would block, and every lvm command on
         // the VG after it (the holding guard's own `vgs` on resume included)
         // (lvcreate sets its own --config: see create_snapshot)
         let writes = !matches!(sub, "lvs" | "vgs" | "pvs" | "lvcreate");
         if writes && crate::dm::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
-            c.args(["--config", "backup{backup=0 archive=0}"]);
+            w.extend(["--config".into(), "backup{backup=0 archive=0}".into()]);
         }
-        Ok(c)
+        w.extend(args.iter().map(|a| a.to_string()));
+        w
+    }
+
+    /// The full LV report guard plans from (every LV, hidden ones too).
+    pub fn lvs_words() -> Vec<String> {
+        Self::words(
+            "lvs",
+            &[
+                "-a",
+                "--reportformat",
+                "json",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                LV_FIELDS,
+            ],
+        )
+    }
+
+    /// Runs an lvm2 command, in the shell when there is one. `messages`: also return what
+    /// it printed (a merge says there whether it was deferred).
+    fn call(&self, words: Vec<String>, messages: bool) -> Result<Answer> {
+        let read_only = matches!(words[0].as_str(), "lvs" | "vgs" | "pvs");
+        {
+            let mut slot = self.shell.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(sh) = slot.as_mut() {
+                let t = Instant::now();
+                match sh.run(&words) {
+                    Ok(reply) => {
+                        crate::exec::trace(&format!(
+                            "lvm shell: {} ({:.1} ms)",
+                            words.join(" "),
+                            t.elapsed().as_secs_f64() * 1000.0
+                        ));
+                        let ok = reply.success();
+                        let kinds: &[&str] = if ok { &["print", "warn"] } else { &["error"] };
+                        let said = if messages || !ok {
+                            sh.last_messages(kinds).unwrap_or_default().join(" / ")
+                        } else {
+                            String::new()
+                        };
+                        if ok {
+                            return Ok(Answer {
+                                report: reply.doc,
+                                messages: said,
+                            });
+                        }
+                        return Err(Error::Tool {
+                            program: "lvm".into(),
+                            args: words.join(" "),
+                            status: format!("exit {}", reply.code),
+                            stderr: said,
+                        });
+                    }
+                    Err(b) => {
+                        let why = format!(
+                            "lvm shell given up ({}); one lvm process per command from now on",
+                            b.why
+                        );
+                        crate::exec::trace(&why);
+                        crate::log::structured(crate::log::Kind::Warning, &why, &[]);
+                        *slot = None;
+                        if b.sent && !read_only {
+                            return Err(Error::Other(format!(
+                                "the lvm shell broke while running `lvm {}` ({}): whether it took effect is unknown",
+                                words.join(" "),
+                                b.why
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let mut c = system_command("lvm")?;
+        c.args(&words);
+        let out = c.run_checked()?;
+        let messages = if messages {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        } else {
+            String::new()
+        };
+        Ok(Answer {
+            report: out.stdout,
+            messages,
+        })
+    }
+
+    fn run(&self, sub: &str, args: &[&str]) -> Result<()> {
+        self.call(Self::words(sub, args), false).map(drop)
     }
 }
 
@@ -31,63 +152,55 @@ fn is_not_found(e: &Error) -> bool {
 
 impl Lvm for RealLvm {
     fn lvs(&self) -> Result<Vec<Lv>> {
-        let out = self
-            .lvm("lvs")?
-            .args([
-                "-a",
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                LV_FIELDS,
-            ])
-            .run_checked()?;
-        parse_lvs(&out.stdout)
+        let a = self.call(Self::lvs_words(), false)?;
+        parse_lvs(&a.report)
     }
 
     fn vgs(&self) -> Result<Vec<Vg>> {
-        let out = self
-            .lvm("vgs")?
-            .args([
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                VG_FIELDS,
-            ])
-            .run_checked()?;
-        parse_vgs(&out.stdout)
+        let a = self.call(
+            Self::words(
+                "vgs",
+                &[
+                    "--reportformat",
+                    "json",
+                    "--units",
+                    "b",
+                    "--nosuffix",
+                    "-o",
+                    VG_FIELDS,
+                ],
+            ),
+            false,
+        )?;
+        parse_vgs(&a.report)
     }
 
     fn create_snapshot(&self, req: &SnapshotRequest) -> Result<()> {
-        let mut c = self.lvm("lvcreate")?;
-        c.args(["-q", "-y", "-s", "-n", &req.name]);
+        let mut w: Vec<String> = ["lvcreate", "-q", "-y", "-s", "-n", &req.name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if req.held {
-            c.arg("--noudevsync");
+            w.push("--noudevsync".into());
         }
         if req.held || crate::dm::freeze::on_frozen_fs(std::path::Path::new("/etc/lvm")) {
-            c.args(["--config", "backup { backup = 0 archive = 0 }"]);
+            w.extend([
+                "--config".into(),
+                "backup { backup = 0 archive = 0 }".into(),
+            ]);
         }
         if let Some(b) = req.cow_bytes {
-            c.args(["-L", &format!("{b}b")]);
+            w.extend(["-L".into(), format!("{b}b")]);
         }
         for t in &req.tags {
-            c.args(["--addtag", t]);
+            w.extend(["--addtag".into(), t.clone()]);
         }
-        c.arg(format!("{}/{}", req.vg, req.origin));
-        c.run_checked().map(drop)
+        w.push(format!("{}/{}", req.vg, req.origin));
+        self.call(w, false).map(drop)
     }
 
     fn remove(&self, vg: &str, name: &str) -> Result<Action> {
-        match self
-            .lvm("lvremove")?
-            .args(["-q", "-y", &format!("{vg}/{name}")])
-            .run_checked()
-        {
+        match self.run("lvremove", &["-q", "-y", &format!("{vg}/{name}")]) {
             Ok(_) => Ok(Action::Changed),
             Err(e) if is_not_found(&e) => Ok(Action::Identity),
             Err(e) => Err(e),
@@ -95,35 +208,29 @@ impl Lvm for RealLvm {
     }
 
     fn deactivate(&self, vg: &str, lv: &str) -> Result<()> {
-        self.lvm("lvchange")?
-            .args(["-q", "-an", &format!("{vg}/{lv}")])
-            .run_checked()
-            .map(drop)
+        self.run("lvchange", &["-q", "-an", &format!("{vg}/{lv}")])
     }
 
     fn activate(&self, vg: &str, lv: &str) -> Result<()> {
-        self.lvm("lvchange")?
-            .args(["-q", "-ay", "-K", &format!("{vg}/{lv}")])
-            .run_checked()
-            .map(drop)
+        self.run("lvchange", &["-q", "-ay", "-K", &format!("{vg}/{lv}")])
     }
 
     fn backup_metadata(&self, vg: &str) -> Result<()> {
-        self.lvm("vgcfgbackup")?.arg(vg).run_checked().map(drop)
+        self.run("vgcfgbackup", &[vg])
     }
 
     fn merge(&self, vg: &str, snapshot: &str) -> Result<MergeState> {
         // --interval 1: when the origin is closed lvconvert waits for the merge in the
         // foreground, checking every interval (15 s by default).
-        let out = self
-            .lvm("lvconvert")?
-            .args(["--merge", "--interval", "1", &format!("{vg}/{snapshot}")])
-            .run_checked()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = self
+            .call(
+                Self::words(
+                    "lvconvert",
+                    &["--merge", "--interval", "1", &format!("{vg}/{snapshot}")],
+                ),
+                true,
+            )?
+            .messages;
         Ok(
             if text.contains("Delaying merge") || text.contains("next activation") {
                 MergeState::Deferred
@@ -134,28 +241,17 @@ impl Lvm for RealLvm {
     }
 
     fn add_tag(&self, vg: &str, lv: &str, tag: &str) -> Result<()> {
-        self.lvm("lvchange")?
-            .args(["-q", "--addtag", tag, &format!("{vg}/{lv}")])
-            .run_checked()
-            .map(drop)
+        self.run("lvchange", &["-q", "--addtag", tag, &format!("{vg}/{lv}")])
     }
 
     fn del_tag(&self, vg: &str, lv: &str, tag: &str) -> Result<()> {
-        self.lvm("lvchange")?
-            .args(["-q", "--deltag", tag, &format!("{vg}/{lv}")])
-            .run_checked()
-            .map(drop)
+        self.run("lvchange", &["-q", "--deltag", tag, &format!("{vg}/{lv}")])
     }
 
     fn reactivate(&self, vg: &str, lv: &str) -> Result<()> {
         let name = format!("{vg}/{lv}");
-        self.lvm("lvchange")?
-            .args(["-q", "-an", &name])
-            .run_checked()?;
-        self.lvm("lvchange")?
-            .args(["-q", "-ay", &name])
-            .run_checked()
-            .map(drop)
+        self.run("lvchange", &["-q", "-an", &name])?;
+        self.run("lvchange", &["-q", "-ay", &name])
     }
 
     fn finish_merge(&self, vg: &str, lv: &str) -> Result<()> {
@@ -224,9 +320,7 @@ impl Lvm for RealLvm {
                 ));
             }
             if !polled && start.elapsed() > Duration::from_millis(500) {
-                self.lvm("lvchange")?
-                    .args(["-q", "--poll", "y", &name])
-                    .run_checked()?;
+                self.run("lvchange", &["-q", "--poll", "y", &name])?;
                 polled = true;
             }
             if start.elapsed() > Duration::from_secs(600) {
@@ -256,9 +350,9 @@ impl Lvm for RealLvm {
     fn extend(&self, vg: &str, lv: &str, bytes: u64) -> Result<()> {
         // lvextend takes sizes in whole sectors (it rounds up to extents itself)
         let bytes = bytes.div_ceil(512) * 512;
-        self.lvm("lvextend")?
-            .args(["-q", "-L", &format!("+{bytes}b"), &format!("{vg}/{lv}")])
-            .run_checked()
-            .map(drop)
+        self.run(
+            "lvextend",
+            &["-q", "-L", &format!("+{bytes}b"), &format!("{vg}/{lv}")],
+        )
     }
 }

@@ -111,9 +111,12 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     }
     child::resolve_program(&opts.command[0])?;
     let sig = SignalState::install()?;
+    crate::exec::trace("run: signals");
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
+    crate::exec::trace("run: start");
     let planned = plan_stage(lvm, journal, opts)?;
+    crate::exec::trace("run: planned");
     if opts.dry_run {
         let plan = plan::check_and_size(&planned.resolved, &planned.table, &opts.request, &run_id)?;
         ui::print_block(&plan::describe(&plan));
@@ -131,6 +134,7 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         targets: names(&plan),
         ..Default::default()
     };
+    crate::exec::trace("run: locked");
     let holds = hooks_stage(opts, &env)?;
     let mut rec = snapshot_stage(
         lvm,
@@ -150,8 +154,10 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
         )?;
         return Ok(128 + s);
     }
+    crate::exec::trace("run: snapshots taken");
     let recording = Recording::start(&plan, journal, opts.record);
     let (finished, watcher, mut rec) = run_stage(journal, opts, &plan, rec, &sig)?;
+    crate::exec::trace("run: command ended");
     let finished = match finished {
         Ok(f) => f,
         Err(e) => {
@@ -163,13 +169,17 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     // a run headed for a rollback does not wait on a look at its snapshot first
     let look = finished.exit.success() && !watcher.rollback_requested;
     recording.finish(lvm, journal, &rec, look);
+    crate::exec::trace("run: recording finished");
     let code = decide_stage(
         lvm, journal, opts, &mut rec, &finished, &watcher, &sig, &env,
     )?;
     crate::fault::pause("before-decision");
+    crate::exec::trace("run: decided");
     let todo = apply_decision(lvm, journal, &mut rec, opts, &watcher);
+    crate::exec::trace("run: settled");
     let report = Report::from_record(&rec, Some(started.elapsed().as_secs_f64()), todo);
     emit_report(&report, opts);
+    crate::exec::trace("run: reported");
     Ok(code)
 }
 
@@ -200,6 +210,7 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
     child::resolve_program(&opts.command[0])?;
     copy::check_root(&root)?;
     let sig = SignalState::install()?;
+    crate::exec::trace("run: signals");
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
     let planned = plan_stage(lvm, journal, opts)?;

@@ -1319,7 +1319,7 @@ impl Watcher {
 
     /// `guard resume RUN` while held: once the held VGs have room, thaw, extend, continue.
     fn try_resume(&mut self) {
-        let vgs = crate::lvm::Lvm::vgs(&crate::lvm::real::RealLvm);
+        let vgs = crate::lvm::Lvm::vgs(&crate::lvm::real::RealLvm::default());
         let held_vgs: Vec<String> = self.vg_full.iter().cloned().collect();
         let mut room = true;
         for vg in &held_vgs {

@@ -17,7 +17,7 @@ PKGS="linux-image-amd64 lvm2 dmsetup libdevmapper1.02.1 libdevmapper-event1.02.1
       libedit2 liblvm2cmd2.03 thin-provisioning-tools e2fsprogs libext2fs2 libcom-err2 libss2 xfsprogs libinih1 liburcu8 acl attr"
 HOST_TOOLS="qemu-system-x86 busybox-static kmod cpio"
 # Bump when the image recipe changes, so a stale cache is rebuilt.
-RECIPE=10
+RECIPE=11
 
 need_host_tools() {
   local missing="" p
@@ -84,6 +84,8 @@ prepare() {
   for t in thin_check thin_dump thin_repair thin_restore; do
     ln -sf pdata_tools "$R/sbin/$t"; ln -sf /sbin/pdata_tools "$R/usr/sbin/$t"; done
   ln -sf /sbin/pdata_tools "$R/usr/sbin/pdata_tools"
+  # lvm2's command profiles, as the package installs them (guard drives the lvm shell with one)
+  cp -a "$X/etc/lvm/profile" "$R/etc/lvm/"
   # No udev in the guest; lvmpolld is not running either (lvconvert would warn and poll itself).
   cat > "$R/etc/lvm/lvm.conf" <<'C'
 activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
