@@ -76,12 +76,18 @@ fn snapshot_status(lvs: &[Lv], rec: &RunRecord) -> Vec<SnapshotStatus> {
 }
 
 pub fn collect(lvm: &dyn Lvm, journal: &Journal, all: bool) -> Result<Status> {
-    let lvs = lvm.lvs()?;
+    // The journal first: guard's LV report is already on its way in the lvm shell (see
+    // lvm/shell.rs start_early), and reading the runs overlaps it.
     let (records, problems) = journal.list();
+    crate::exec::trace("status: journal read");
+    let lvs = lvm.lvs()?;
+    crate::exec::trace("status: lvs read");
     let known: std::collections::BTreeSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    // a run that began between the two reads is no orphan: its record is there by now
     let mut orphans: Vec<String> = lvs
         .iter()
         .filter(|l| l.is_guard_snapshot() && l.run_id().is_some_and(|r| !known.contains(r)))
+        .filter(|l| l.run_id().is_some_and(|r| journal.load(r).is_err()))
         .map(|l| format!("{} (run {})", l.full_name(), l.run_id().unwrap_or("?")))
         .collect();
     orphans.sort();
