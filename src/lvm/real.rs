@@ -52,21 +52,24 @@ impl RealLvm {
         w
     }
 
+    /// A JSON report in bytes: `lvs -a` or `vgs` with the fields guard parses.
+    fn report_words(sub: &str, fields: &str) -> Vec<String> {
+        let all: &[&str] = if sub == "lvs" { &["-a"] } else { &[] };
+        let fixed = [
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            fields,
+        ];
+        Self::words(sub, &[all, &fixed[..]].concat())
+    }
+
     /// The full LV report guard plans from (every LV, hidden ones too).
     pub fn lvs_words() -> Vec<String> {
-        Self::words(
-            "lvs",
-            &[
-                "-a",
-                "--reportformat",
-                "json",
-                "--units",
-                "b",
-                "--nosuffix",
-                "-o",
-                LV_FIELDS,
-            ],
-        )
+        Self::report_words("lvs", LV_FIELDS)
     }
 
     /// Runs an lvm2 command, in the shell when there is one. `messages`: also return what
@@ -87,7 +90,22 @@ impl RealLvm {
                         let ok = reply.success();
                         let kinds: &[&str] = if ok { &["print", "warn"] } else { &["error"] };
                         let said = if messages || !ok {
-                            sh.last_messages(kinds).unwrap_or_default().join(" / ")
+                            match sh.last_messages(kinds) {
+                                Ok(m) => m.join(" / "),
+                                Err(b) => {
+                                    *slot = None;
+                                    if messages && ok {
+                                        // what it said decides what it did (a merge deferred
+                                        // or done): without that, the outcome is unknown
+                                        return Err(Error::Other(format!(
+                                            "`lvm {}` succeeded but its messages could not be read ({}): whether it took effect now or at the next activation is unknown",
+                                            words.join(" "),
+                                            b.why
+                                        )));
+                                    }
+                                    String::new()
+                                }
+                            }
                         } else {
                             String::new()
                         };
@@ -157,21 +175,7 @@ impl Lvm for RealLvm {
     }
 
     fn vgs(&self) -> Result<Vec<Vg>> {
-        let a = self.call(
-            Self::words(
-                "vgs",
-                &[
-                    "--reportformat",
-                    "json",
-                    "--units",
-                    "b",
-                    "--nosuffix",
-                    "-o",
-                    VG_FIELDS,
-                ],
-            ),
-            false,
-        )?;
+        let a = self.call(Self::report_words("vgs", VG_FIELDS), false)?;
         parse_vgs(&a.report)
     }
 

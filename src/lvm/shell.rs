@@ -27,7 +27,11 @@ const PROFILE_FILE: &str = "/etc/lvm/profile/lvmdbusd.profile";
 const REPORT_FD: i32 = 3;
 /// How long the start-up probe (`version`, no metadata, no locks) may take before the shell is
 /// given up for one process per command. Real commands have no limit, as bare ones have none.
-const PROBE_LIMIT: Duration = Duration::from_secs(10);
+const PROBE_LIMIT: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(10)
+};
 
 /// What one command in the shell answered.
 #[derive(Debug)]
@@ -61,7 +65,11 @@ fn broken(why: impl Into<String>, sent: bool) -> Broken {
 
 pub struct Shell {
     child: Child,
-    stdin: ChildStdin,
+    /// None once closed: after a question (end of input answers it "no") or to end the shell.
+    stdin: Option<ChildStdin>,
+    /// A command was sent and its reply not read: the shell must not be killed (an lvm2
+    /// command stopped half-way can leave an origin suspended).
+    busy: bool,
     report: File,
     stdout: ChildStdout,
     stderr: ChildStderr,
@@ -76,9 +84,17 @@ pub struct Shell {
 /// The command line as lvm's shell splits it (words separated by blanks, '…' or "…" quoting,
 /// no escapes, `#` starting a comment); None when an argument cannot be written that way.
 pub fn line(args: &[String]) -> Option<String> {
+    // lvm2 takes at most 64 words and answers more with no reply at all; and the line editor
+    // acts on control characters (TAB completes, C-u erases) and bytes past 0x7e
+    if args.len() > 60 {
+        return None;
+    }
     let mut out = Vec::with_capacity(args.len());
     for a in args {
-        if a.is_empty() || a.contains(['\n', '\r', '\0']) || (a.contains('\'') && a.contains('"')) {
+        if a.is_empty()
+            || a.bytes().any(|b| !(0x20..=0x7e).contains(&b))
+            || (a.contains('\'') && a.contains('"'))
+        {
             return None;
         }
         if a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '#') {
@@ -94,13 +110,20 @@ pub fn line(args: &[String]) -> Option<String> {
     Some(out.join(" "))
 }
 
-/// lvm2's status for the command from the `log` section: its last "status" entry.
-pub fn status_code(doc: &Value) -> Option<i64> {
+/// lvm2's status for the command named `cmd` from the `log` section: its last "status" entry,
+/// which must name that command where it names one (a reply credited to the wrong command
+/// would give it another command's outcome).
+pub fn status_code(doc: &Value, cmd: &str) -> Option<i64> {
     doc.get("log")?
         .as_array()?
         .iter()
         .rev()
         .find(|e| e.get("log_type").and_then(Value::as_str) == Some("status"))
+        .filter(|e| {
+            e.get("log_object_name")
+                .and_then(Value::as_str)
+                .is_none_or(|n| n == cmd)
+        })
         .and_then(|e| match e.get("log_ret_code")? {
             Value::String(s) => s.trim().parse().ok(),
             Value::Number(n) => n.as_i64(),
@@ -180,9 +203,12 @@ pub fn start_early(args: &[std::ffi::OsString]) {
         return;
     }
     if let Some(mut sh) = crate::exec::find_program("lvm").and_then(|p| Shell::start(&p)) {
-        // Every one of these commands begins with the full LV report: ask for it now. It is
-        // read before anything is locked or changed, as it would be a moment later.
-        sh.prefetch(super::real::RealLvm::lvs_words());
+        // A guarded run and `status` begin with the full LV report: ask for it now. A run plans
+        // from it before it locks anything, as it would a moment later; `status` only shows
+        // it. (commit and rollback read theirs under their locks: not sent ahead.)
+        if args.get(1).is_some_and(|a| a == "status") || args.iter().skip(1).any(|a| a == "--") {
+            sh.prefetch(super::real::RealLvm::lvs_words());
+        }
         *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(sh);
     }
 }
@@ -254,7 +280,8 @@ impl Shell {
             && nonblocking(stderr.as_fd()).is_ok();
         let mut sh = Shell {
             child,
-            stdin,
+            stdin: Some(stdin),
+            busy: false,
             report,
             stdout,
             stderr,
@@ -269,8 +296,11 @@ impl Shell {
     }
 
     fn send(&mut self, line: &str) -> std::io::Result<()> {
-        self.stdin.write_all(format!("{line}\n").as_bytes())?;
-        self.stdin.flush()
+        let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
+        stdin.write_all(format!("{line}\n").as_bytes())?;
+        stdin.flush()?;
+        self.busy = true;
+        Ok(())
     }
 
     /// Sends a read-only command before it is asked for: `run` with the same words then only
@@ -291,8 +321,12 @@ impl Shell {
         if !self.probed {
             let v = self
                 .reply(Some(Instant::now() + PROBE_LIMIT))
-                .map_err(|why| broken(why, false))?;
-            if status_code(&v.0) != Some(1) {
+                .map_err(|why| {
+                    // only `version` was asked: a shell that does not answer it may be killed
+                    self.busy = false;
+                    broken(why, false)
+                })?;
+            if status_code(&v.0, "version") != Some(1) {
                 return Err(broken(
                     format!(
                         "the lvm shell's `version` did not succeed: {}",
@@ -306,7 +340,7 @@ impl Shell {
         if let Some(sent) = self.prefetched.take() {
             let (doc, raw) = self.reply(None).map_err(|why| broken(why, false))?;
             if sent == args {
-                let code = status_code(&doc)
+                let code = status_code(&doc, &args[0])
                     .ok_or_else(|| broken("no status in the lvm shell's reply", false))?;
                 return Ok(Reply { code, doc: raw });
             }
@@ -315,9 +349,9 @@ impl Shell {
         self.send(&text)
             .map_err(|e| broken(format!("cannot write to the lvm shell: {e}"), false))?;
         let (doc, raw) = self.reply(None).map_err(|why| broken(why, true))?;
-        let code = status_code(&doc).ok_or_else(|| {
+        let code = status_code(&doc, &args[0]).ok_or_else(|| {
             broken(
-                format!("no status in the lvm shell's reply to {text}"),
+                format!("no status for {text} in the lvm shell's reply"),
                 true,
             )
         })?;
@@ -345,6 +379,7 @@ impl Shell {
             match first_document(&report) {
                 Ok(Some((v, n))) => {
                     self.unread = report.split_off(n);
+                    self.busy = false;
                     return Ok((v, report));
                 }
                 Ok(None) => {}
@@ -378,9 +413,11 @@ impl Shell {
             let asked = String::from_utf8_lossy(&err).matches("[y/n]").count()
                 + String::from_utf8_lossy(&out).matches("[y/n]").count();
             if asked > answered {
+                // End of input is lvm2's "no". Nothing is written into the command stream (in
+                // silent mode lvm2 asks without reading, and an answer would run as the next
+                // command); the shell ends after this reply and guard goes on without it.
                 answered = asked;
-                self.send("n")
-                    .map_err(|e| format!("cannot write to the lvm shell: {e}"))?;
+                self.stdin = None;
             }
             if eof || matches!(self.child.try_wait(), Ok(Some(_))) {
                 // what it wrote before it ended is still worth a look
@@ -400,8 +437,16 @@ impl Shell {
 
 impl Drop for Shell {
     fn drop(&mut self) {
-        // end of input ends the shell; a shell stuck in a command is killed, not waited for
+        if self.busy {
+            // A command is still running (or its reply was garbled): killing lvm2 half-way
+            // could leave an origin suspended. End of input ends the shell once it is done.
+            self.stdin = None;
+            let _ = self.child.wait();
+            return;
+        }
+        // end of input ends the shell; one that does not end is killed
         let _ = self.send("exit");
+        self.stdin = None;
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(500) {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -434,6 +479,9 @@ mod tests {
         assert!(line(&a(&["a'b\"c"])).is_none());
         assert!(line(&a(&["a\nb"])).is_none());
         assert!(line(&a(&[""])).is_none());
+        assert!(line(&a(&["a\tb"])).is_none());
+        assert!(line(&a(&["caf\u{e9}"])).is_none());
+        assert!(line(&vec!["x".to_string(); 61]).is_none());
     }
 
     // Replies captured from lvm 2.03.16's shell in the VM (Debian bookworm).
@@ -462,13 +510,15 @@ mod tests {
     #[test]
     fn one_document_is_cut_from_the_stream_with_its_status() {
         let (v, n) = first_document(SUCCESS.as_bytes()).unwrap().unwrap();
-        assert_eq!(status_code(&v), Some(1));
+        assert_eq!(status_code(&v, "lvs"), Some(1));
         assert!(SUCCESS[n..].trim_start().starts_with('{'));
         let lvs = crate::lvm::report::parse_lvs(&SUCCESS.as_bytes()[..n]).unwrap();
         assert_eq!(lvs[0].name, "d1");
         assert_eq!(lvs[0].size, 32 << 20);
         let (v, _) = first_document(FAILURE.as_bytes()).unwrap().unwrap();
-        assert_eq!(status_code(&v), Some(5));
+        assert_eq!(status_code(&v, "lvcreate"), Some(5));
+        // another command's status is not this one's
+        assert_eq!(status_code(&v, "lvremove"), None);
         // a document cut short is waited for, not an error
         assert!(first_document(&FAILURE.as_bytes()[..100])
             .unwrap()
@@ -489,7 +539,7 @@ mod tests {
             vec!["Logical Volume \"s\" already exists in volume group \"vg\""]
         );
         assert_eq!(messages(&doc, &["print", "warn"]).len(), 1);
-        assert_eq!(status_code(&doc), Some(5));
+        assert_eq!(status_code(&doc, "lvremove"), Some(5));
     }
 
     /// A stand-in "lvm" (a shell script) that speaks the protocol: proves the reading side
@@ -510,7 +560,7 @@ mod tests {
         let (_d, p) = fake(&format!(
             r#"while read l; do case "$l" in
   version) echo '{OK}' >&3;;
-  ask*) printf 'Really? [y/n]: ' >&2; read a; if [ "$a" = n ]; then echo '{{"log":[{{"log_type":"status","log_ret_code":"5"}}]}}' >&3; fi;;
+  ask*) printf 'Really? [y/n]: ' >&2; if ! read a; then echo '{{"log":[{{"log_type":"status","log_ret_code":"5"}}]}}' >&3; exit 0; fi;;
   lvs*) printf '{{"report":[{{"lv":[]}}],\n' >&3; sleep 0.2; echo '"log":[{{"log_type":"status","log_ret_code":"1"}}]}}' >&3;;
   exit) exit 0;;
 esac; done"#
@@ -521,6 +571,9 @@ esac; done"#
         assert!(crate::lvm::report::parse_lvs(&r.doc).unwrap().is_empty());
         let r = sh.run(&["ask".to_string()]).unwrap();
         assert_eq!(r.code, 5);
+        // its input closed, the shell takes no further command: the caller goes on without it
+        let e = sh.run(&["lvs".to_string()]).unwrap_err();
+        assert!(!e.sent, "{}", e.why);
     }
 
     #[test]
@@ -579,12 +632,12 @@ esac; done"#
     #[test]
     fn a_shell_that_never_answers_the_probe_is_given_up() {
         let (_d, p) = fake("sleep 30");
-        let mut sh = Shell::spawn(&p).unwrap();
         let t = Instant::now();
-        let e = sh
-            .reply(Some(Instant::now() + Duration::from_millis(300)))
-            .unwrap_err();
-        assert!(e.contains("in time"), "{e}");
+        let mut sh = Shell::spawn(&p).unwrap();
+        let e = sh.run(&["lvs".to_string()]).unwrap_err();
+        assert!(e.why.contains("in time") && !e.sent, "{}", e.why);
+        // and it is killed, not waited for: it was asked nothing but `version`
+        drop(sh);
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 }
