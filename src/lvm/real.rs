@@ -235,13 +235,18 @@ impl Lvm for RealLvm {
                 true,
             )?
             .messages;
-        Ok(
-            if text.contains("Delaying merge") || text.contains("next activation") {
-                MergeState::Deferred
-            } else {
-                MergeState::Done
-            },
-        )
+        // What lvm2 said, and what is there: with `log/silent = 1` in lvm.conf it says nothing,
+        // and a snapshot still present after the command is a merge waiting for activation
+        // (a finished merge removes it before lvconvert returns).
+        let said_deferred = text.contains("Delaying merge") || text.contains("next activation");
+        let still_there = crate::dm::Control::open()
+            .and_then(|c| c.status(&crate::dm::dm_name(vg, snapshot)))
+            .is_ok();
+        Ok(if said_deferred || still_there {
+            MergeState::Deferred
+        } else {
+            MergeState::Done
+        })
     }
 
     fn add_tag(&self, vg: &str, lv: &str, tag: &str) -> Result<()> {

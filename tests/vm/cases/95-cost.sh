@@ -73,3 +73,22 @@ check_eq "guard commit exits 0" "$rc" 0
 check_out "its lvremove ran in the shell" c "lvm shell: lvremove"
 check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
 end
+
+begin a_deferred_merge_is_known_also_when_lvm_says_nothing
+# With log/silent = 1 lvm2 prints no "Delaying merge": guard must still see that the merge waits
+# for the volume's next activation (its snapshot is still there), not report it done.
+mkfs_lv data 32M /mnt/data
+echo old > /mnt/data/f; sync
+cp /etc/lvm/lvm.conf lvm.conf.saved
+echo 'log { silent = 1 }' >> /etc/lvm/lvm.conf
+guard --lv vg/data -- sh -c 'echo broken > /mnt/data/f; exit 5' > t6 2>&1; rc=$?
+cp lvm.conf.saved /etc/lvm/lvm.conf
+check_eq "the failing run exits 5" "$rc" 5
+check_out "the rollback is scheduled, not claimed done" t6 "rollback scheduled"
+check "it does not say rolled back" sh -c "! grep -q 'vg/data: rolled back' t6"
+run=$(ls /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
+guard rollback --finish "$run" > t7 2>&1; rc=$?
+check_eq "guard rollback --finish completes it" "$rc" 0
+check_eq "the data is back" "$(cat /mnt/data/f)" old
+check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
+end
