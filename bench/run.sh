@@ -4,10 +4,11 @@
 #                           snapshot, watcher CPU, and LVM's dmeventd autoextend under the same bursts
 #   bench/run.sh overhead   a guarded run vs the bare lvm2 commands it needs, 1/2/4/8 LVs
 #   bench/run.sh record     the cost of recording changed paths (fanotify) vs --no-record
+#   bench/run.sh merge      a rollback's merge: 10/100/1000 MiB, thick and thin, and --finish downtime
 # Everything in one boot per benchmark, so ratios compare like with like.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/.." && pwd)
-which=${1:?usage: bench/run.sh cow|overhead|record}
+which=${1:?usage: bench/run.sh cow|overhead|record|merge}
 (cd "$top" && cargo build -q --release)
 share=$(mktemp -d /tmp/guard-bench.XXXXXX); trap 'rm -rf "$share"' EXIT
 cp "$top/target/release/guard" "$share/guard"; cp "$top/tests/vm/lib.sh" "$share/"

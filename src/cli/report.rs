@@ -20,6 +20,8 @@ pub struct TargetReport {
     pub note: Option<String>,
     pub extensions: u32,
     pub invalidated: bool,
+    /// How long the rollback's merge took, where it ran in this guard.
+    pub merge_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +96,7 @@ impl Report {
                     note: t.note.clone(),
                     extensions: t.extensions,
                     invalidated: t.invalidated,
+                    merge_seconds: t.merge_seconds,
                 })
                 .collect(),
             events: rec.events.clone(),
@@ -141,7 +144,10 @@ impl Report {
                 (n, _) => format!("{used}, extended {n}x"),
             };
             let state = match t.rollback.as_str() {
-                "done" => "rolled back".to_string(),
+                "done" => match t.merge_seconds {
+                    Some(sec) => format!("rolled back (merge {sec:.1}s)"),
+                    None => "rolled back".to_string(),
+                },
                 "scheduled" => format!(
                     "ROLLBACK SCHEDULED: completes {}",
                     t.completes_by

@@ -83,6 +83,10 @@ pub struct TargetRecord {
     pub extensions: u32,
     #[serde(default)]
     pub invalidated: bool,
+    /// How long the merge of a rollback took (lvm2's command, or `--finish`'s reactivation and
+    /// wait): what the changed data cost to copy back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -68,6 +68,7 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             note: None,
             extensions: 0,
             invalidated: s.invalid,
+            merge_seconds: None,
         });
         copy |= s.tags.iter().any(|t| t == lvm::COPY_TAG);
     }

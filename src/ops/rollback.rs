@@ -355,7 +355,11 @@ pub fn rollback_with(
                         }
                     }
                 };
+                let took = std::time::Instant::now();
                 let merged = lvm.merge(&t.vg, &t.snapshot);
+                if matches!(merged, Ok(MergeState::Done)) {
+                    t.merge_seconds = Some(round_ms(took.elapsed()));
+                }
                 if pre_tagged && !matches!(merged, Ok(MergeState::Deferred)) {
                     let _ = lvm.del_tag(&t.vg, &t.lv, &tag);
                 }
@@ -561,6 +565,7 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<U
             continue;
         }
         ui::say(&format!("{name}: reactivating to run the merge"));
+        let took = std::time::Instant::now();
         let merged = lvm
             .reactivate(&t.vg, &t.lv)
             .and_then(|_| lvm.finish_merge(&t.vg, &t.lv));
@@ -568,6 +573,7 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<U
             ui::warn(&e);
         }
         merged?;
+        t.merge_seconds = Some(round_ms(took.elapsed()));
         lvm.del_tag(&t.vg, &t.lv, &tag)?;
         t.rollback = Some(TargetState::Done);
         t.note = None;
@@ -586,6 +592,10 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<U
     }
     journal.write(rec)?;
     Ok(left)
+}
+
+fn round_ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// A merge that can never run (its snapshot was invalidated) leaves the origin flagged as

@@ -1032,6 +1032,7 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
                 note: None,
                 extensions: 0,
                 invalidated: false,
+                merge_seconds: None,
             })
             .collect(),
         frozen: vec![],
