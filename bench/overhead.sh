@@ -61,15 +61,19 @@ for i in $(seq 20); do lvcreate -q -y -L 8M -n k$i vg >/dev/null; guard -q --lv 
 one=$(ls /var/lib/guard/runs/*.json | head -1)
 for i in $(seq 80); do sed "s/\"id\": \"[^\"]*\"/\"id\": \"20260101-000000-$(printf %04x $i)\"/; s/\"phase\": \"kept\"/\"phase\": \"done\"/" "$one" > "/var/lib/guard/runs/20260101-000000-$(printf %04x $i).json"; done
 echo "journal: $(ls /var/lib/guard/runs | wc -l) runs, $(lvs --noheadings @guard | wc -l) guard snapshots"
-: > s; : > l; : > sa; : > s1
+: > s; : > l; : > sa; : > s1; : > lf
+# the fields guard reads (src/lvm/report.rs LV_FIELDS): open counts and kernel devices cost more
+FIELDS=lv_name,vg_name,lv_attr,lv_size,origin,pool_lv,lv_tags,lv_merging,lv_snapshot_invalid,snap_percent,data_percent,metadata_percent,lv_kernel_major,lv_kernel_minor,lv_dm_path,segtype,lv_active,lv_device_open,lv_uuid,vg_extent_size,vg_free
 for k in $(seq $N); do
   t=$(ms); lvs -a >/dev/null; echo $(( $(ms) - t )) >> l
+  t=$(ms); lvs -a --reportformat json --units b --nosuffix -o "$FIELDS" >/dev/null; echo $(( $(ms) - t )) >> lf
   t=$(ms); guard status >/dev/null; echo $(( $(ms) - t )) >> s
   t=$(ms); noshell guard status >/dev/null; echo $(( $(ms) - t )) >> s1
   t=$(ms); guard status --all --json >/dev/null; echo $(( $(ms) - t )) >> sa
 done
-L=$(med < l); S=$(med < s); S1=$(med < s1); SA=$(med < sa)
+L=$(med < l); S=$(med < s); S1=$(med < s1); SA=$(med < sa); LF=$(med < lf)
 echo "bare lvs -a:                          ${L} ms"
+echo "bare lvs -a with guard's fields, JSON: ${LF} ms  (ratio $(ratio $LF $L))"
 echo "guard status:                         ${S} ms  (ratio $(ratio $S $L), target <= 1.10)"
 echo "guard status, one process per command: ${S1} ms  (ratio $(ratio $S1 $L))"
 echo "guard status --all --json:            ${SA} ms  (ratio $(ratio $SA $L))"

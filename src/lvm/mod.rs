@@ -129,7 +129,7 @@ pub trait Lvm {
     /// Removes an LV; `Identity` if it was already gone.
     fn remove(&self, vg: &str, name: &str) -> Result<Action>;
     /// Starts merging a snapshot into its origin.
-    fn merge(&self, vg: &str, snapshot: &str) -> Result<MergeState>;
+    fn merge(&self, vg: &str, origin: &str, snapshot: &str) -> Result<MergeState>;
     fn add_tag(&self, vg: &str, lv: &str, tag: &str) -> Result<()>;
     fn del_tag(&self, vg: &str, lv: &str, tag: &str) -> Result<()>;
     /// Deactivates and activates an LV: the moment a deferred merge starts.

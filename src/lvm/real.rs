@@ -211,6 +211,28 @@ fn wait_in_kernel(dm_name: &str, limit: Duration) -> bool {
     false
 }
 
+/// In device-mapper: the snapshot's device is gone (ENXIO, not just any error) and the
+/// origin's is there with no snapshot or thin target left. Only a finished thick merge looks so.
+fn thick_merge_finished(vg: &str, origin: &str, snapshot: &str) -> bool {
+    let Ok(ctl) = crate::dm::Control::open() else {
+        return false;
+    };
+    let gone = matches!(
+        ctl.status(&crate::dm::dm_name(vg, snapshot)),
+        Err(Error::Io { ref source, .. }) if source.raw_os_error() == Some(libc::ENXIO)
+    );
+    let plain = ctl.status(&crate::dm::dm_name(vg, origin)).is_ok_and(|t| {
+        !t.is_empty()
+            && t.iter().all(|t| {
+                !matches!(
+                    t.target_type.as_str(),
+                    "snapshot-origin" | "snapshot-merge" | "snapshot" | "thin"
+                )
+            })
+    });
+    gone && plain
+}
+
 fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Tool { stderr, .. } if stderr.contains("Failed to find logical volume"))
 }
@@ -270,7 +292,7 @@ impl Lvm for RealLvm {
         self.run("vgcfgbackup", &[vg])
     }
 
-    fn merge(&self, vg: &str, snapshot: &str) -> Result<MergeState> {
+    fn merge(&self, vg: &str, origin: &str, snapshot: &str) -> Result<MergeState> {
         // --interval 1: when the origin is closed lvconvert waits for the merge in the
         // foreground, checking every interval (15 s by default).
         let text = self
@@ -282,14 +304,23 @@ impl Lvm for RealLvm {
                 true,
             )?
             .messages;
-        // What lvm2 said, and what is there: with `log/silent = 1` in lvm.conf it says nothing,
-        // and a snapshot still present after the command is a merge waiting for activation
-        // (a finished merge removes it before lvconvert returns).
-        let said_deferred = text.contains("Delaying merge") || text.contains("next activation");
-        let still_there = crate::dm::Control::open()
-            .and_then(|c| c.status(&crate::dm::dm_name(vg, snapshot)))
-            .is_ok();
-        Ok(if said_deferred || still_there {
+        if text.contains("Delaying merge") || text.contains("next activation") {
+            return Ok(MergeState::Deferred);
+        }
+        // lvm2 may say nothing (`log/silent = 1` in lvm.conf): what is there decides. A
+        // finished thick merge leaves the origin a plain device and its snapshot's device gone,
+        // all seen in device-mapper at no cost; anything else (a thin origin, an inactive one,
+        // device-mapper not answering) is asked of the VG metadata: a snapshot still listed is
+        // a merge waiting for the origin's next activation.
+        if thick_merge_finished(vg, origin, snapshot) {
+            return Ok(MergeState::Done);
+        }
+        // Unsure is "scheduled": the merge tag stays and `--finish`, recover or the next
+        // activation complete it; "done" when it is not would drop all of that.
+        let Ok(lvs) = self.lvs() else {
+            return Ok(MergeState::Deferred);
+        };
+        Ok(if super::find(&lvs, vg, snapshot).is_some() {
             MergeState::Deferred
         } else {
             MergeState::Done
@@ -317,10 +348,11 @@ impl Lvm for RealLvm {
         let name = format!("{vg}/{lv}");
         let start = Instant::now();
         let mut polled = false;
-        // lvm2's poller records the end of a merge at its own interval (15 s without lvmpolld):
-        // once the kernel is done, polling is restarted, whose first look is at once
+        // lvm2's poller records the end of a merge at its own interval (15 s): once the kernel
+        // is done, guard records it itself with lvm2's poll command in the foreground (what
+        // lvmpolld runs), once
         let mut kernel_done = false;
-        let mut last_poll = Instant::now();
+        let mut recorded = false;
         // progress: the merging snapshot's use falls as its chunks are copied back
         let mut first: Option<f64> = None;
         let mut said = Instant::now();
@@ -379,12 +411,18 @@ impl Lvm for RealLvm {
                     format!("activate it: lvchange -ay {name}"),
                 ));
             }
-            if (!polled && start.elapsed() > Duration::from_millis(500))
-                || (kernel_done && last_poll.elapsed() > Duration::from_secs(1))
-            {
+            if kernel_done && !recorded {
+                recorded = true;
+                // a failure leaves the background poller to do it, as before
+                let _ = self.run(
+                    "lvpoll",
+                    &["--polloperation", "merge", "--interval", "1", &name],
+                );
+                continue;
+            }
+            if !polled && start.elapsed() > Duration::from_millis(500) {
                 self.run("lvchange", &["-q", "--poll", "y", &name])?;
                 polled = true;
-                last_poll = Instant::now();
             }
             if start.elapsed() > Duration::from_secs(600) {
                 return Err(Error::Other(format!(

@@ -141,7 +141,7 @@ impl Lvm for SimLvm {
         Ok(Action::Changed)
     }
 
-    fn merge(&self, vg: &str, snapshot: &str) -> Result<MergeState> {
+    fn merge(&self, vg: &str, _origin: &str, snapshot: &str) -> Result<MergeState> {
         let mut st = self.state.borrow_mut();
         st.calls.push(format!("merge {vg}/{snapshot}"));
         let snap = super::find(&st.lvs, vg, snapshot)

@@ -356,7 +356,7 @@ pub fn rollback_with(
                     }
                 };
                 let took = std::time::Instant::now();
-                let merged = lvm.merge(&t.vg, &t.snapshot);
+                let merged = lvm.merge(&t.vg, &t.lv, &t.snapshot);
                 if matches!(merged, Ok(MergeState::Done)) {
                     t.merge_seconds = Some(round_ms(took.elapsed()));
                 }

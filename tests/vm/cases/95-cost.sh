@@ -94,3 +94,24 @@ check_eq "guard rollback --finish completes it" "$rc" 0
 check_eq "the data is back" "$(cat /mnt/data/f)" old
 check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
 end
+
+begin a_deferred_thin_merge_is_known_also_when_lvm_says_nothing
+# The same for a thin volume: lvm2 deactivates a thin snapshot before it finds the origin open,
+# so no device is left to see; guard asks the VG metadata.
+lvcreate -q -y -L 96M -T vg/pool >/dev/null
+lvcreate -q -y -V 64M -T vg/pool -n tdata >/dev/null
+mkfs.ext4 -q /dev/vg/tdata; mkdir -p /mnt/tdata; mount /dev/vg/tdata /mnt/tdata
+echo old > /mnt/tdata/f; sync
+cp /etc/lvm/lvm.conf lvm.conf.saved
+echo 'log { silent = 1 }' >> /etc/lvm/lvm.conf
+guard --lv vg/tdata -- sh -c 'echo broken > /mnt/tdata/f; exit 5' > t8 2>&1; rc=$?
+cp lvm.conf.saved /etc/lvm/lvm.conf
+check_eq "the failing run exits 5" "$rc" 5
+check_out "the rollback is scheduled, not claimed done" t8 "rollback scheduled"
+check "it does not say rolled back" sh -c "! grep -q 'vg/tdata: rolled back' t8"
+run=$(ls /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
+guard rollback --finish "$run" > t9 2>&1; rc=$?
+check_eq "guard rollback --finish completes it" "$rc" 0
+check_eq "the data is back" "$(cat /mnt/tdata/f)" old
+check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
+end
