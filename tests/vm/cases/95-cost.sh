@@ -76,23 +76,29 @@ check_out "its lvremove ran in the shell" c "lvm shell: lvremove"
 check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
 end
 
+# silent_failing_run LV MOUNTPOINT: with log/silent = 1, a failing run on the mounted LV must be
+# scheduled, not claimed done, and `guard rollback --finish` must then complete it
+silent_failing_run() {
+  echo old > "$2/f"; sync
+  cp /etc/lvm/lvm.conf lvm.conf.saved
+  echo 'log { silent = 1 }' >> /etc/lvm/lvm.conf
+  guard --lv "vg/$1" -- sh -c "echo broken > $2/f; exit 5" > silent.out 2>&1; rc=$?
+  cp lvm.conf.saved /etc/lvm/lvm.conf
+  check_eq "the failing run exits 5" "$rc" 5
+  check_out "the rollback is scheduled, not claimed done" silent.out "rollback scheduled"
+  check "it does not say rolled back" sh -c "! grep -q 'vg/$1: rolled back' silent.out"
+  run=$(ls /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
+  guard rollback --finish "$run" > finish.out 2>&1; rc=$?
+  check_eq "guard rollback --finish completes it" "$rc" 0
+  check_eq "the data is back" "$(cat "$2/f")" old
+  check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
+}
+
 begin a_deferred_merge_is_known_also_when_lvm_says_nothing
 # With log/silent = 1 lvm2 prints no "Delaying merge": guard must still see that the merge waits
 # for the volume's next activation (its snapshot is still there), not report it done.
 mkfs_lv data 32M /mnt/data
-echo old > /mnt/data/f; sync
-cp /etc/lvm/lvm.conf lvm.conf.saved
-echo 'log { silent = 1 }' >> /etc/lvm/lvm.conf
-guard --lv vg/data -- sh -c 'echo broken > /mnt/data/f; exit 5' > t6 2>&1; rc=$?
-cp lvm.conf.saved /etc/lvm/lvm.conf
-check_eq "the failing run exits 5" "$rc" 5
-check_out "the rollback is scheduled, not claimed done" t6 "rollback scheduled"
-check "it does not say rolled back" sh -c "! grep -q 'vg/data: rolled back' t6"
-run=$(ls /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
-guard rollback --finish "$run" > t7 2>&1; rc=$?
-check_eq "guard rollback --finish completes it" "$rc" 0
-check_eq "the data is back" "$(cat /mnt/data/f)" old
-check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
+silent_failing_run data /mnt/data
 end
 
 begin a_deferred_thin_merge_is_known_also_when_lvm_says_nothing
@@ -101,17 +107,5 @@ begin a_deferred_thin_merge_is_known_also_when_lvm_says_nothing
 lvcreate -q -y -L 96M -T vg/pool >/dev/null
 lvcreate -q -y -V 64M -T vg/pool -n tdata >/dev/null
 mkfs.ext4 -q /dev/vg/tdata; mkdir -p /mnt/tdata; mount /dev/vg/tdata /mnt/tdata
-echo old > /mnt/tdata/f; sync
-cp /etc/lvm/lvm.conf lvm.conf.saved
-echo 'log { silent = 1 }' >> /etc/lvm/lvm.conf
-guard --lv vg/tdata -- sh -c 'echo broken > /mnt/tdata/f; exit 5' > t8 2>&1; rc=$?
-cp lvm.conf.saved /etc/lvm/lvm.conf
-check_eq "the failing run exits 5" "$rc" 5
-check_out "the rollback is scheduled, not claimed done" t8 "rollback scheduled"
-check "it does not say rolled back" sh -c "! grep -q 'vg/tdata: rolled back' t8"
-run=$(ls /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
-guard rollback --finish "$run" > t9 2>&1; rc=$?
-check_eq "guard rollback --finish completes it" "$rc" 0
-check_eq "the data is back" "$(cat /mnt/tdata/f)" old
-check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
+silent_failing_run tdata /mnt/tdata
 end
