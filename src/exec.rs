@@ -81,7 +81,7 @@ pub trait CommandExt {
 
 impl CommandExt for Command {
     fn run_checked(&mut self) -> Result<Output> {
-        let t = tracing().then(|| (start_time(), std::time::Instant::now()));
+        let t = tracing().then(std::time::Instant::now);
         let out = self
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -92,7 +92,7 @@ impl CommandExt for Command {
                     e,
                 )
             })?;
-        if let Some((_, t)) = t {
+        if let Some(t) = t {
             let args: Vec<_> = self.get_args().map(|a| a.to_string_lossy()).collect();
             trace(&format!(
                 "{} {} ({:.1} ms)",

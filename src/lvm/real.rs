@@ -21,12 +21,6 @@ impl std::fmt::Debug for RealLvm {
     }
 }
 
-/// What a command gave back: its report (JSON) and, when asked for, its messages.
-struct Answer {
-    report: Vec<u8>,
-    messages: String,
-}
-
 impl RealLvm {
     /// With an lvm shell started now, so that its start-up overlaps guard's own. For the
     /// commands that run several lvm2 commands in a row (a guarded run, a rollback).
@@ -72,95 +66,69 @@ impl RealLvm {
         Self::report_words("lvs", LV_FIELDS)
     }
 
-    /// Runs an lvm2 command, in the shell when there is one. `messages`: also return what
-    /// it printed (a merge says there whether it was deferred).
-    fn call(&self, words: Vec<String>, messages: bool) -> Result<Answer> {
-        let read_only = matches!(words[0].as_str(), "lvs" | "vgs" | "pvs");
-        {
-            let mut slot = self.shell.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(sh) = slot.as_mut() {
-                let t = Instant::now();
-                match sh.run(&words) {
-                    Ok(reply) => {
-                        crate::exec::trace(&format!(
-                            "lvm shell: {} ({:.1} ms)",
-                            words.join(" "),
-                            t.elapsed().as_secs_f64() * 1000.0
-                        ));
-                        let ok = reply.success();
-                        let kinds: &[&str] = if ok { &["print", "warn"] } else { &["error"] };
-                        let said = if messages || !ok {
-                            match sh.last_messages(kinds) {
-                                Ok(m) => m.join(" / "),
-                                Err(b) => {
-                                    *slot = None;
-                                    if messages && ok {
-                                        // what it said decides what it did (a merge deferred
-                                        // or done): without that, the outcome is unknown
-                                        return Err(Error::Other(format!(
-                                            "`lvm {}` succeeded but its messages could not be read ({}): whether it took effect now or at the next activation is unknown",
-                                            words.join(" "),
-                                            b.why
-                                        )));
-                                    }
-                                    String::new()
-                                }
-                            }
-                        } else {
-                            String::new()
-                        };
-                        if ok {
-                            return Ok(Answer {
-                                report: reply.doc,
-                                messages: said,
-                            });
-                        }
-                        return Err(Error::Tool {
-                            program: "lvm".into(),
-                            args: words.join(" "),
-                            status: format!("exit {}", reply.code),
-                            stderr: said,
-                        });
-                    }
-                    Err(b) => {
-                        let why = format!(
-                            "lvm shell given up ({}); one lvm process per command from now on",
-                            b.why
-                        );
-                        crate::exec::trace(&why);
-                        crate::log::structured(crate::log::Kind::Warning, &why, &[]);
-                        *slot = None;
-                        if b.sent && !read_only {
-                            return Err(Error::Other(format!(
-                                "the lvm shell broke while running `lvm {}` ({}): whether it took effect is unknown",
-                                words.join(" "),
-                                b.why
-                            )));
-                        }
-                    }
-                }
-            }
+    /// Runs an lvm2 command, in the shell when there is one; returns its output (the JSON
+    /// report of `lvs` and `vgs`).
+    fn call(&self, words: Vec<String>) -> Result<Vec<u8>> {
+        if let Some(done) = self.in_shell(&words) {
+            return done;
         }
         let mut c = system_command("lvm")?;
-        c.args(&words);
-        let out = c.run_checked()?;
-        let messages = if messages {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        } else {
-            String::new()
+        Ok(c.args(&words).run_checked()?.stdout)
+    }
+
+    /// The command in the shell; None when there is no shell (any more) and it is to run as
+    /// a process of its own.
+    fn in_shell(&self, words: &[String]) -> Option<Result<Vec<u8>>> {
+        let mut slot = self.shell.lock().unwrap_or_else(|p| p.into_inner());
+        let sh = slot.as_mut()?;
+        let t = Instant::now();
+        let reply = match sh.run(words) {
+            Ok(r) => r,
+            Err(b) => {
+                let why = format!(
+                    "lvm shell given up ({}); one lvm process per command from now on",
+                    b.why
+                );
+                crate::exec::trace(&why);
+                crate::log::structured(crate::log::Kind::Warning, &why, &[]);
+                *slot = None;
+                // a report is asked again; a change that may have happened is not made twice
+                let read_only = matches!(words[0].as_str(), "lvs" | "vgs" | "pvs");
+                return (b.sent && !read_only).then(|| {
+                    Err(Error::Other(format!(
+                        "the lvm shell broke while running `lvm {}` ({}): whether it took effect is unknown",
+                        words.join(" "),
+                        b.why
+                    )))
+                });
+            }
         };
-        Ok(Answer {
-            report: out.stdout,
-            messages,
-        })
+        crate::exec::trace(&format!(
+            "lvm shell: {} ({:.1} ms)",
+            words.join(" "),
+            t.elapsed().as_secs_f64() * 1000.0
+        ));
+        if reply.success() {
+            return Some(Ok(reply.doc));
+        }
+        // lvm2's error messages are in its log (`lastlog`), not on the shell's stderr
+        let said = match sh.last_messages(&["error"]) {
+            Ok(m) => m.join(" / "),
+            Err(_) => {
+                *slot = None;
+                String::new()
+            }
+        };
+        Some(Err(Error::Tool {
+            program: "lvm".into(),
+            args: words.join(" "),
+            status: format!("exit {}", reply.code),
+            stderr: said,
+        }))
     }
 
     fn run(&self, sub: &str, args: &[&str]) -> Result<()> {
-        self.call(Self::words(sub, args), false).map(drop)
+        self.call(Self::words(sub, args)).map(drop)
     }
 }
 
@@ -211,26 +179,29 @@ fn wait_in_kernel(dm_name: &str, limit: Duration) -> bool {
     false
 }
 
-/// In device-mapper: the snapshot's device is gone (ENXIO, not just any error) and the
-/// origin's is there with no snapshot or thin target left. Only a finished thick merge looks so.
-fn thick_merge_finished(vg: &str, origin: &str, snapshot: &str) -> bool {
-    let Ok(ctl) = crate::dm::Control::open() else {
-        return false;
-    };
-    let gone = matches!(
-        ctl.status(&crate::dm::dm_name(vg, snapshot)),
-        Err(Error::Io { ref source, .. }) if source.raw_os_error() == Some(libc::ENXIO)
-    );
-    let plain = ctl.status(&crate::dm::dm_name(vg, origin)).is_ok_and(|t| {
-        !t.is_empty()
-            && t.iter().all(|t| {
-                !matches!(
-                    t.target_type.as_str(),
-                    "snapshot-origin" | "snapshot-merge" | "snapshot" | "thin"
-                )
-            })
-    });
-    gone && plain
+/// What device-mapper proves of a thick merge once `lvconvert --merge` returned (a finished
+/// one removes the snapshot before it returns): the snapshot's device still there as a
+/// snapshot, a merge waiting for the origin's next activation; gone (ENXIO, not just any
+/// error) with the origin a plain device again, done. None for anything else: a thin origin,
+/// an inactive one, device-mapper not answering.
+fn thick_merge_state(vg: &str, origin: &str, snapshot: &str) -> Option<MergeState> {
+    let ctl = crate::dm::Control::open().ok()?;
+    match ctl.status(&crate::dm::dm_name(vg, snapshot)) {
+        Ok(t) if t.iter().any(|t| t.target_type == "snapshot") => Some(MergeState::Deferred),
+        Err(Error::Io { ref source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {
+            let plain = ctl.status(&crate::dm::dm_name(vg, origin)).is_ok_and(|t| {
+                !t.is_empty()
+                    && t.iter().all(|t| {
+                        !matches!(
+                            t.target_type.as_str(),
+                            "snapshot-origin" | "snapshot-merge" | "snapshot" | "thin"
+                        )
+                    })
+            });
+            plain.then_some(MergeState::Done)
+        }
+        _ => None,
+    }
 }
 
 fn is_not_found(e: &Error) -> bool {
@@ -239,13 +210,11 @@ fn is_not_found(e: &Error) -> bool {
 
 impl Lvm for RealLvm {
     fn lvs(&self) -> Result<Vec<Lv>> {
-        let a = self.call(Self::lvs_words(), false)?;
-        parse_lvs(&a.report)
+        parse_lvs(&self.call(Self::lvs_words())?)
     }
 
     fn vgs(&self) -> Result<Vec<Vg>> {
-        let a = self.call(Self::report_words("vgs", VG_FIELDS), false)?;
-        parse_vgs(&a.report)
+        parse_vgs(&self.call(Self::report_words("vgs", VG_FIELDS))?)
     }
 
     fn create_snapshot(&self, req: &SnapshotRequest) -> Result<()> {
@@ -269,7 +238,7 @@ impl Lvm for RealLvm {
             w.extend(["--addtag".into(), t.clone()]);
         }
         w.push(format!("{}/{}", req.vg, req.origin));
-        self.call(w, false).map(drop)
+        self.call(w).map(drop)
     }
 
     fn remove(&self, vg: &str, name: &str) -> Result<Action> {
@@ -295,25 +264,15 @@ impl Lvm for RealLvm {
     fn merge(&self, vg: &str, origin: &str, snapshot: &str) -> Result<MergeState> {
         // --interval 1: when the origin is closed lvconvert waits for the merge in the
         // foreground, checking every interval (15 s by default).
-        let text = self
-            .call(
-                Self::words(
-                    "lvconvert",
-                    &["--merge", "--interval", "1", &format!("{vg}/{snapshot}")],
-                ),
-                true,
-            )?
-            .messages;
-        if text.contains("Delaying merge") || text.contains("next activation") {
-            return Ok(MergeState::Deferred);
-        }
-        // lvm2 may say nothing (`log/silent = 1` in lvm.conf): what is there decides. A
-        // finished thick merge leaves the origin a plain device and its snapshot's device gone,
-        // all seen in device-mapper at no cost; anything else (a thin origin, an inactive one,
-        // device-mapper not answering) is asked of the VG metadata: a snapshot still listed is
-        // a merge waiting for the origin's next activation.
-        if thick_merge_finished(vg, origin, snapshot) {
-            return Ok(MergeState::Done);
+        self.run(
+            "lvconvert",
+            &["--merge", "--interval", "1", &format!("{vg}/{snapshot}")],
+        )?;
+        // Done or waiting for the origin's next activation: read from what is there, not from
+        // lvm2's words (with `log/silent = 1` in lvm.conf it says nothing). A thick merge shows
+        // in device-mapper at no cost; else the VG metadata: a snapshot still listed waits.
+        if let Some(state) = thick_merge_state(vg, origin, snapshot) {
+            return Ok(state);
         }
         // Unsure is "scheduled": the merge tag stays and `--finish`, recover or the next
         // activation complete it; "done" when it is not would drop all of that.

@@ -10,7 +10,8 @@
 //!
 //! Anything unexpected (no profile, no JSON, the process gone) makes the caller use one process
 //! per command from then on; a command in flight when the shell broke is reported as failed
-//! with an unknown outcome, as a killed lvm process would be.
+//! with an unknown outcome, as a killed lvm process would be. A failed command's messages come
+//! from `lastlog` (lvm2 logs them to the report, not to the shell's stderr).
 use serde_json::Value;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -194,12 +195,9 @@ static EARLY: std::sync::Mutex<Option<Shell>> = std::sync::Mutex::new(None);
 /// start-up ~130: this way they overlap. A guess that is wrong costs a process that ends with
 /// guard; nothing is sent to it but `version`.
 pub fn start_early(args: &[std::ffi::OsString]) {
-    let likely = args.iter().skip(1).any(|a| a == "--")
-        || args.get(1).is_some_and(|a| {
-            ["status", "commit", "rollback", "recover"]
-                .iter()
-                .any(|s| a == s)
-        });
+    let runs_a_command = args.iter().skip(1).any(|a| a == "--");
+    let sub = |names: &[&str]| args.get(1).is_some_and(|a| names.iter().any(|s| a == s));
+    let likely = runs_a_command || sub(&["status", "commit", "rollback", "recover"]);
     if !likely || !nix::unistd::geteuid().is_root() {
         return;
     }
@@ -207,7 +205,7 @@ pub fn start_early(args: &[std::ffi::OsString]) {
         // A guarded run and `status` begin with the full LV report: ask for it now. A run plans
         // from it before it locks anything, as it would a moment later; `status` only shows
         // it. (commit and rollback read theirs under their locks: not sent ahead.)
-        if args.get(1).is_some_and(|a| a == "status") || args.iter().skip(1).any(|a| a == "--") {
+        if runs_a_command || sub(&["status"]) {
             sh.prefetch(super::real::RealLvm::lvs_words());
         }
         *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(sh);
@@ -320,11 +318,7 @@ impl Shell {
         if !self.probed {
             let v = self
                 .reply(Some(Instant::now() + PROBE_LIMIT))
-                .map_err(|why| {
-                    // only `version` was asked: a shell that does not answer it may be killed
-                    self.busy = false;
-                    broken(why, false)
-                })?;
+                .map_err(|why| broken(why, false))?;
             if status_code(&v.0, "version") != Some(1) {
                 return Err(broken(
                     format!(
@@ -359,7 +353,7 @@ impl Shell {
         Ok(Reply { code, doc: raw })
     }
 
-    /// The messages lvm2 logged for the last command (errors first), from `lastlog`.
+    /// The messages of the given kinds lvm2 logged for the last command, from `lastlog`.
     pub fn last_messages(&mut self, kinds: &[&str]) -> Result<Vec<String>, Broken> {
         self.send("lastlog")
             .map_err(|e| broken(format!("cannot write to the lvm shell: {e}"), false))?;
@@ -368,14 +362,13 @@ impl Shell {
     }
 
     /// Reads until one whole JSON document came on the report descriptor. A question on the
-    /// terminal ("[y/n]") is answered no: guard passes -y where it means yes, and a shell
-    /// waiting for an answer would wait forever.
+    /// terminal ("[y/n]") is answered no by closing the shell's input: guard passes -y where
+    /// it means yes, and a shell waiting for an answer would wait forever.
     fn reply(&mut self, deadline: Option<Instant>) -> Result<(Value, Vec<u8>), String> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let mut report = std::mem::take(&mut self.unread);
         let mut err = Vec::new();
         let mut out = Vec::new();
-        let mut answered = 0usize;
         loop {
             match first_document(&report) {
                 Ok(Some((v, n))) => {
@@ -410,13 +403,11 @@ impl Shell {
                 .map_err(|e| format!("reading the lvm shell's report: {e}"))?;
             let _ = drain(&mut self.stderr, &mut err);
             let _ = drain(&mut self.stdout, &mut out);
-            let asked = String::from_utf8_lossy(&err).matches("[y/n]").count()
-                + String::from_utf8_lossy(&out).matches("[y/n]").count();
-            if asked > answered {
+            let asked = |b: &[u8]| b.windows(5).any(|w| w == b"[y/n]");
+            if self.stdin.is_some() && (asked(&err) || asked(&out)) {
                 // End of input is lvm2's "no". Nothing is written into the command stream (in
                 // silent mode lvm2 asks without reading, and an answer would run as the next
                 // command); the shell ends after this reply and guard goes on without it.
-                answered = asked;
                 self.stdin = None;
             }
             if eof || matches!(self.child.try_wait(), Ok(Some(_))) {

@@ -577,7 +577,7 @@ fn finish_scheduled(
             // (the time it waited here: the merge ran since the activation, at boot for /)
             let took = std::time::Instant::now();
             lvm.finish_merge(&t.vg, &t.lv)?;
-            t.merge_seconds = Some((took.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
+            t.merge_seconds = Some(rollback::round_ms(took.elapsed()));
         }
         // The merge is over; a snapshot LV left behind by an interrupted poll is removed.
         if lvm::find(lvs, &t.vg, &t.snapshot).is_some_and(|s| !s.merging) {

@@ -594,7 +594,8 @@ pub fn finish(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord) -> Result<U
     Ok(left)
 }
 
-fn round_ms(d: std::time::Duration) -> f64 {
+/// Seconds to the millisecond, as the record keeps them.
+pub(crate) fn round_ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 

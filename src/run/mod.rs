@@ -111,7 +111,6 @@ fn execute(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i32> {
     }
     child::resolve_program(&opts.command[0])?;
     let sig = SignalState::install()?;
-    crate::exec::trace("run: signals");
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
     crate::exec::trace("run: start");
@@ -210,7 +209,6 @@ fn execute_copy(lvm: &dyn Lvm, journal: &Journal, opts: &RunOptions) -> Result<i
     child::resolve_program(&opts.command[0])?;
     copy::check_root(&root)?;
     let sig = SignalState::install()?;
-    crate::exec::trace("run: signals");
     let run_id = journal::new_run_id();
     crate::log::set_run(&run_id);
     let planned = plan_stage(lvm, journal, opts)?;
