@@ -36,7 +36,7 @@ ask\t'On a terminal, show the exit status and COW use and ask (rollback when nob
 complete -c guard -n "__fish_guard_needs_command" -l on-success -d 'What to do when the command succeeds [default: discard]' -r -f -a "discard\t'Remove the snapshots: keep the change'
 keep\t'Keep the snapshots until `guard commit RUN` (or `guard rollback RUN`)'"
 complete -c guard -n "__fish_guard_needs_command" -l keep -d 'Keep the snapshots this long after success (implies --on-success keep)' -r
-complete -c guard -n "__fish_guard_needs_command" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]' -r
+complete -c guard -n "__fish_guard_needs_command" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 80]' -r
 complete -c guard -n "__fish_guard_needs_command" -l when-full -d 'When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue [default: freeze]' -r -f -a "freeze\t'Freeze the filesystem and hold the command until `guard resume` or `guard rollback`'
 rollback\t'Stop the command and roll back'
 continue\t'Let the snapshot fill: the operator accepts losing the rollback point'"
@@ -78,7 +78,7 @@ complete -c guard -n "__fish_guard_using_subcommand snapshot" -l lv -d 'Copy thi
 complete -c guard -n "__fish_guard_using_subcommand snapshot" -l mount -d 'Copy the logical volume mounted at (or holding) this path (repeatable)' -r -F
 complete -c guard -n "__fish_guard_using_subcommand snapshot" -l size -d 'COW size of each thick snapshot: 2G, 512M, 20%ORIGIN, 10%FREE [default: 20%ORIGIN]' -r
 complete -c guard -n "__fish_guard_using_subcommand snapshot" -l timeout -d 'Stop the command after this long (30s, 10m, 1h)' -r
-complete -c guard -n "__fish_guard_using_subcommand snapshot" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]' -r
+complete -c guard -n "__fish_guard_using_subcommand snapshot" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 80]' -r
 complete -c guard -n "__fish_guard_using_subcommand snapshot" -l report -d 'Write the final report as JSON to FILE' -r -F
 complete -c guard -n "__fish_guard_using_subcommand snapshot" -l no-freeze -d 'Do not hold a set of volumes at one moment while snapshotting it'
 complete -c guard -n "__fish_guard_using_subcommand snapshot" -l dry-run -d 'Print the plan and where the snapshots would be mounted; change nothing'
@@ -115,7 +115,7 @@ ask\t'On a terminal, show the exit status and COW use and ask (rollback when nob
 complete -c guard -n "__fish_guard_using_subcommand rehearse" -l on-success -d 'What to do when the command succeeds [default: discard]' -r -f -a "discard\t'Remove the snapshots: keep the change'
 keep\t'Keep the snapshots until `guard commit RUN` (or `guard rollback RUN`)'"
 complete -c guard -n "__fish_guard_using_subcommand rehearse" -l keep -d 'Keep the snapshots this long after success (implies --on-success keep)' -r
-complete -c guard -n "__fish_guard_using_subcommand rehearse" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]' -r
+complete -c guard -n "__fish_guard_using_subcommand rehearse" -l extend-at -d 'Extend a snapshot (or thin pool) when its use passes this percentage [default: 80]' -r
 complete -c guard -n "__fish_guard_using_subcommand rehearse" -l when-full -d 'When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue [default: freeze]' -r -f -a "freeze\t'Freeze the filesystem and hold the command until `guard resume` or `guard rollback`'
 rollback\t'Stop the command and roll back'
 continue\t'Let the snapshot fill: the operator accepts losing the rollback point'"

@@ -98,7 +98,7 @@ pub struct RunArgs {
     /// Keep the snapshots this long after success (implies --on-success keep)
     #[arg(long, value_name = "DURATION")]
     pub keep: Option<String>,
-    /// Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]
+    /// Extend a snapshot (or thin pool) when its use passes this percentage [default: 80]
     #[arg(long, value_name = "PCT")]
     pub extend_at: Option<f64>,
     /// When the VG (or thin pool) has no room to extend: freeze and hold, roll back, or continue
@@ -174,7 +174,7 @@ pub struct SnapshotArgs {
     /// Stop the command after this long (30s, 10m, 1h)
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// Extend a snapshot (or thin pool) when its use passes this percentage [default: 50]
+    /// Extend a snapshot (or thin pool) when its use passes this percentage [default: 80]
     #[arg(long, value_name = "PCT")]
     pub extend_at: Option<f64>,
     /// Do not hold a set of volumes at one moment while snapshotting it
@@ -419,7 +419,7 @@ pub fn build_run_options(a: &RunArgs, policy: Option<&Policy>) -> Result<RunOpti
         Some(v) => {
             return Err(Error::refused(
                 format!("--extend-at {v} is out of range"),
-                "give a percentage from 1 to 99, e.g. --extend-at 50",
+                "give a percentage from 1 to 99, e.g. --extend-at 80",
             ))
         }
     };

@@ -22,6 +22,10 @@ pub struct TargetReport {
     pub invalidated: bool,
     /// How long the rollback's merge took, where it ran in this guard.
     pub merge_seconds: Option<f64>,
+    /// The most COW the run used (thin: what it added to the pool's use), and what the
+    /// watcher's extensions added.
+    pub peak_used_bytes: Option<u64>,
+    pub added_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +101,8 @@ impl Report {
                     extensions: t.extensions,
                     invalidated: t.invalidated,
                     merge_seconds: t.merge_seconds,
+                    peak_used_bytes: t.peak_used_bytes,
+                    added_bytes: t.added_bytes,
                 })
                 .collect(),
             events: rec.events.clone(),
@@ -141,6 +147,9 @@ impl Report {
             let used = match (t.extensions, t.invalidated) {
                 (_, true) => format!("{used}, INVALIDATED"),
                 (0, _) => used,
+                (n, _) if t.added_bytes > 0 => {
+                    format!("{used}, extended {n}x (+{})", human(t.added_bytes))
+                }
                 (n, _) => format!("{used}, extended {n}x"),
             };
             let state = match t.rollback.as_str() {

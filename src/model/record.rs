@@ -87,6 +87,13 @@ pub struct TargetRecord {
     /// wait): what the changed data cost to copy back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_seconds: Option<f64>,
+    /// The most COW space the run used: a snapshot's allocated COW, or a thin pool's growth
+    /// since the run began (whoever wrote it); and the VG space the watchers' extensions took
+    /// (data and pool metadata): what the run cost the VG beyond the planned size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_used_bytes: Option<u64>,
+    #[serde(default)]
+    pub added_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -69,6 +69,8 @@ pub fn record_from_tags(lvs: &[Lv], run: &str) -> Option<RunRecord> {
             extensions: 0,
             invalidated: s.invalid,
             merge_seconds: None,
+            peak_used_bytes: None,
+            added_bytes: 0,
         });
         copy |= s.tags.iter().any(|t| t == lvm::COPY_TAG);
     }

@@ -966,6 +966,8 @@ fn record_watch(rec: &mut RunRecord, w: &Watcher) {
         t.max_used_percent = Some((it.max_pct * 10.0).round() / 10.0);
         t.extensions = it.extensions;
         t.invalidated = it.invalid;
+        t.peak_used_bytes = it.peak_growth;
+        t.added_bytes = it.added;
         if !t.thin {
             t.cow_bytes = Some(it.size);
         }
@@ -1031,6 +1033,8 @@ fn new_record(plan: &Plan, opts: &RunOptions) -> RunRecord {
                 extensions: 0,
                 invalidated: false,
                 merge_seconds: None,
+                peak_used_bytes: None,
+                added_bytes: 0,
             })
             .collect(),
         frozen: vec![],

@@ -21,7 +21,7 @@ use crate::store::journal::{Journal, Phase, RunRecord};
 use crate::store::{Open, SecureDir};
 use crate::ui;
 use crate::watch::model::merge_room;
-use crate::watch::{Event, WatchConfig, WatchItem, Watcher, WhenFull, DEFAULT_EXTEND_AT};
+use crate::watch::{Event, WatchConfig, WatchItem, Watcher, WhenFull, BACKGROUND_EXTEND_AT};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,7 @@ fn watcher_for(rec: &RunRecord, lvs: &[lvm::Lv]) -> Option<Watcher> {
         .map(|v| (v.name, v.free))
         .collect();
     let cfg = WatchConfig {
-        extend_at: DEFAULT_EXTEND_AT,
+        extend_at: BACKGROUND_EXTEND_AT,
         when_full: WhenFull::Continue,
     };
     Some(Watcher::new(items, free, cfg, &rec.id))
@@ -150,11 +150,16 @@ fn save_events(journal: &Journal, id: &str, w: &mut Watcher) -> Result<()> {
         for t in rec.targets.iter_mut() {
             if let Some(it) = w.items.iter().find(|i| i.vg == t.vg && i.lv == t.lv) {
                 t.extensions = t.extensions.max(it.extensions);
+                // what this watcher added since its last save, on top of the run's own
+                t.added_bytes += it.added.saturating_sub(it.added_saved);
                 // rollback::merge_ended_badly reads it after the activation
                 t.invalidated |= it.invalid;
             }
         }
         journal.write(&mut rec)?;
+    }
+    for it in w.items.iter_mut() {
+        it.added_saved = it.added;
     }
     w.events.clear();
     Ok(())

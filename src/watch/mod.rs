@@ -31,7 +31,8 @@ use crate::size::human;
 use crate::ui;
 use model::{
     dirty_allowance, extension_step, in_danger, meta_step, needs_extension, pool_state,
-    runway_used_pct, PoolState, ASSUMED_RATE, DIRTY_WINDOW, MIN_LEAD, MIN_STEP, THIN_META_BLOCK,
+    runway_used_pct, target_room, PoolState, ASSUMED_RATE, DIRTY_WINDOW, MIN_LEAD, MIN_STEP,
+    THIN_META_BLOCK,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -59,10 +60,16 @@ pub struct WatchConfig {
     pub when_full: WhenFull,
 }
 
-/// Why 50: LVM's own autoextend will not act below 50 %, and half the COW is the runway that
-/// covers the 0.4–1.5 s one lvextend takes at moderate rates; faster writers trigger earlier
-/// through the rate term.
-pub const DEFAULT_EXTEND_AT: f64 = 50.0;
+/// Why 80: the fill threshold is for writers too slow for the rate term to see (a writer that
+/// shows its rate is extended for earlier, at two horizons of writing before the room runs
+/// out); and with the steps of model::target_room a run ends with at most ~1.5× the COW it
+/// used allocated (a threshold of 50 % alone leaves 2× allocated at every crossing).
+pub const DEFAULT_EXTEND_AT: f64 = 80.0;
+/// The background watcher of kept runs and pending rollbacks keeps half its room free: it has
+/// no command to pause (production writes there), so a burst from idle has only the free room
+/// to land in while the first lvextend is under way. Its steps follow the same rule, relative
+/// to the use, so it leaves ~2.35x the use allocated after a step, not 1.5x.
+pub const BACKGROUND_EXTEND_AT: f64 = 50.0;
 const FAST: Duration = Duration::from_millis(20);
 const SLOW: Duration = Duration::from_millis(100);
 const RATE_WINDOW: Duration = Duration::from_millis(300);
@@ -120,11 +127,23 @@ pub struct WatchItem {
     /// no_space_timeout fails them), and so would a freeze's flush.
     out_of_data: bool,
     pub rate: f64,
+    /// The rate the size of a step is made for: the same growth over at least RATE_WINDOW. The
+    /// first samples of a run span 20–100 ms, and one fsync landing between two of them reads
+    /// as tens of MiB/s: right for deciding when (the trigger and the danger test use `rate`),
+    /// a 40 MiB overshoot when sizing the step.
+    step_rate: f64,
     /// The fastest this run's writers have filled it: once the VG has no room left, the hold
     /// must come early enough for a writer at full speed, not at the pace of the last samples
     /// (the rate window is 300 ms; a writer paused for an extension shows a rate of 0).
     pub peak_rate: f64,
     pub max_pct: f64,
+    /// The most the run has used (use over the base; None before a first sample), and what its
+    /// extensions added to the VG's use (data and a pool's metadata, as requested: lvextend
+    /// may trim a snapshot's request at the origin's size); `added_saved`: how much of it the
+    /// background watcher has put into the journal already.
+    pub peak_growth: Option<u64>,
+    pub added: u64,
+    pub added_saved: u64,
     pub extensions: u32,
     pub invalid: bool,
     /// False for a snapshot whose merge is pending: LVM refuses to extend it.
@@ -223,8 +242,12 @@ impl WatchItem {
             meta_size: 0,
             meta_used: 0,
             rate: 0.0,
+            step_rate: 0.0,
             peak_rate: 0.0,
             max_pct: 0.0,
+            peak_growth: None,
+            added: 0,
+            added_saved: 0,
             extensions: 0,
             invalid: false,
             extendable: true,
@@ -354,6 +377,9 @@ struct InFlight {
     reaction: Duration,
     /// It takes the last of the VG's room: when it lands, the hold is all that is left.
     last: bool,
+    /// The size (data or metadata) it extends from: device-mapper shows the new size as soon
+    /// as lvm2 resumes the device, before lvextend exits, so a sample in between has it already.
+    from: u64,
 }
 
 pub struct Watcher {
@@ -800,6 +826,7 @@ impl Watcher {
             let dt = now.duration_since(t0).as_secs_f64();
             if dt > 0.0 {
                 it.rate = used.saturating_sub(u0) as f64 / dt;
+                it.step_rate = used.saturating_sub(u0) as f64 / dt.max(RATE_WINDOW.as_secs_f64());
                 it.peak_rate = it.peak_rate.max(it.rate);
             }
         }
@@ -823,6 +850,7 @@ impl Watcher {
         it.prev = it.last;
         it.last = Some(now);
         it.max_pct = it.max_pct.max(it.pct());
+        it.peak_growth = Some(it.peak_growth.unwrap_or(0).max(it.growth_since_start()));
         true
     }
 
@@ -865,7 +893,9 @@ impl Watcher {
 
     /// Extends, brakes or holds item `i` as its numbers say; true when it is in danger.
     fn decide(&mut self, i: usize, dirty: u64) -> bool {
-        let horizon = self.extend_cost + Duration::from_millis(300);
+        // one lvextend, and the watcher's lead in seeing the need (the danger test and the
+        // brake cover a host slower than that)
+        let horizon = self.extend_cost + MIN_LEAD;
         // While guard bounds the page cache the writer can fill it to the bound at any moment,
         // whatever the last (up to 250 ms old) reading said. Braked, it counts too: the brake
         // ends on this same test, and a writer let go must not find the hold's room gone.
@@ -914,10 +944,30 @@ impl Watcher {
             let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
             let now = Instant::now();
             let waiting = |m: bool| self.retry.get(&(i, m)).is_some_and(|r| r.after > now);
-            if data_need && waiting(false) {
+            // a pool whose metadata fills turns read-only (no merge then): in danger, its
+            // metadata goes before a data step that a steady writer may keep asking for
+            let meta_danger = it.thin
+                && it.meta_size > 0
+                && in_danger(it.meta_size, it.meta_used, 0.0, 0, MIN_LEAD, 0);
+            if meta_danger && !waiting(true) {
+                let extent = it.extent.max(1);
+                let step = meta_step(it.meta_size).min(free / extent * extent);
+                if step > 0 {
+                    self.start_extension(i, step, true);
+                } else {
+                    self.vg_full.insert(it.vg.clone());
+                }
+            } else if data_need && waiting(false) {
                 // the last try failed: its retry is due later
             } else if data_need {
-                match extension_step(it.size, base, it.rate, dirty, horizon, it.extent, free) {
+                let room = target_room(
+                    it.growth_since_start(),
+                    it.step_rate,
+                    dirty,
+                    horizon,
+                    self.cfg.extend_at,
+                );
+                match extension_step(it.size, it.used, room, it.extent, free) {
                     Some(step) => {
                         let extent = it.extent.max(1);
                         let last = step >= free / extent * extent;
@@ -982,7 +1032,8 @@ impl Watcher {
 
     /// Stops the command's group until the extension under way lands (and the next decision).
     fn brake(&mut self, i: usize, why: &str) {
-        if self.braked || self.held || self.rollback_requested {
+        // no command (the background watcher): nothing to pause, and no "paused" to record
+        if self.braked || self.held || self.rollback_requested || self.pgid.is_none() {
             return;
         }
         self.signal_group(Signal::SIGSTOP);
@@ -1050,6 +1101,7 @@ impl Watcher {
                     started: Instant::now(),
                     reaction,
                     last: false,
+                    from: if metadata { it.meta_size } else { it.size },
                 })
             }
             Err(e) => {
@@ -1088,8 +1140,11 @@ impl Watcher {
             }
             let it = &mut self.items[f.item];
             it.extensions += 1;
+            // never counted twice (see InFlight::from): the last one can land after the last
+            // sample, and the report's size is this one
+            it.added += f.bytes;
             let detail = if f.metadata {
-                it.meta_size += f.bytes;
+                it.meta_size = it.meta_size.max(f.from + f.bytes);
                 format!(
                     "thin pool {}/{} metadata +{} in {:.2}s ({:.0}% of the old size used)",
                     it.vg,
@@ -1100,7 +1155,7 @@ impl Watcher {
                         / it.meta_size.saturating_sub(f.bytes).max(1) as f64,
                 )
             } else {
-                it.size += f.bytes;
+                it.size = it.size.max(f.from + f.bytes);
                 let what = if it.thin { "thin pool" } else { "snapshot" };
                 format!(
                     "{what} {}/{} +{} in {:.2}s (issued <= {} ms after the need arose; {:.0}% of the old size used when it landed; rate {}/s)",
@@ -1357,15 +1412,15 @@ impl Watcher {
             }
             let free = self.vg_free.get(&it.vg).copied().unwrap_or(0);
             let base = it.base.unwrap_or(0);
-            if let Some(step) = extension_step(
-                it.size,
-                base,
-                it.rate,
+            // held, its samples stopped and a braked writer shows no rate: its fastest pace
+            let room = target_room(
+                it.growth_since_start(),
+                it.step_rate.max(it.peak_rate),
                 dirty,
-                self.extend_cost,
-                it.extent,
-                free,
-            ) {
+                self.extend_cost + MIN_LEAD,
+                self.cfg.extend_at,
+            );
+            if let Some(step) = extension_step(it.size, it.used, room, it.extent, free) {
                 if runway_used_pct(it.size, it.used, base) >= self.cfg.extend_at / 2.0 {
                     self.start_extension(i, step, false);
                     self.wait_inflight();
@@ -1596,8 +1651,49 @@ mod tests {
             started: Instant::now(),
             reaction: Duration::ZERO,
             last: false,
+            from: w.items[0].size,
         });
         w.wait_inflight();
+    }
+
+    #[test]
+    fn an_extension_seen_by_a_sample_before_lvextend_exits_is_not_counted_twice() {
+        // lvm2 resumes the snapshot with its new size, then writes its metadata backup and
+        // exits: a sample in between reads the new size already. The old bookkeeping added the
+        // step again, and the last extension of a run (no sample after it) went into the report
+        // 8-16 MiB too large.
+        let mut w = watcher();
+        let child = std::process::Command::new("true").spawn().unwrap();
+        w.inflight = Some(InFlight {
+            child,
+            item: 0,
+            bytes: 4 << 20,
+            metadata: false,
+            started: Instant::now(),
+            reaction: Duration::ZERO,
+            last: false,
+            from: 8 << 20,
+        });
+        // the sample's reading: already 12 MiB
+        w.items[0].size = 12 << 20;
+        w.wait_inflight();
+        assert_eq!(w.items[0].size, 12 << 20);
+        assert_eq!(w.items[0].added, 4 << 20);
+        assert_eq!(w.items[0].extensions, 1);
+        // and when no sample came in between, the step is what it added
+        let child = std::process::Command::new("true").spawn().unwrap();
+        w.inflight = Some(InFlight {
+            child,
+            item: 0,
+            bytes: 8 << 20,
+            metadata: false,
+            started: Instant::now(),
+            reaction: Duration::ZERO,
+            last: false,
+            from: 12 << 20,
+        });
+        w.wait_inflight();
+        assert_eq!(w.items[0].size, 20 << 20);
     }
 
     #[test]
@@ -1624,6 +1720,15 @@ mod tests {
     #[test]
     fn a_failing_extension_pauses_the_writer_then_hands_over_to_when_full() {
         let mut w = watcher();
+        // a command to pause: a stand-in in its own process group (without one, the
+        // background watcher's case, there is nothing to pause)
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        w.set_pgid(cmd.id() as i32);
         w.vg_free.insert("vg".into(), 1 << 30);
         // full to the brim: in danger
         w.items[0].used = w.items[0].size;
@@ -1648,6 +1753,17 @@ mod tests {
         assert!(w.decide(0, 0));
         assert!(w.held, "a lasting failure must reach --when-full");
         assert!(w.events.iter().any(|e| e.kind == "froze"));
+        let _ = cmd.kill();
+        let _ = cmd.wait();
+    }
+
+    #[test]
+    fn without_a_command_nothing_is_paused_and_no_pause_is_recorded() {
+        // the background watcher: a "paused" event in a kept run's journal would be a lie
+        let mut w = watcher();
+        w.brake(0, "writes outrun the extension under way");
+        assert!(!w.braked);
+        assert!(w.events.is_empty());
     }
 
     #[test]

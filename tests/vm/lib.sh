@@ -12,6 +12,10 @@ note() { echo "  # $*"; }
 check() { d=$1; shift; if "$@"; then echo "  ok: $d"; else echo "  not ok: $d"; TFAIL=1; fi; }
 # check_out "description" FILE PATTERN   (grep -E in a captured output file)
 check_out() { if grep -qE -- "$3" "$2"; then echo "  ok: $1"; else echo "  not ok: $1 (no /$3/ in $2:)"; sed 's/^/    | /' "$2" | tail -15; TFAIL=1; fi; }
+# json_num KEY FILE: the first number under "KEY" in a JSON report
+json_num() { grep -o "\"$1\": *[0-9.]*" "$2" | head -1 | grep -o '[0-9.]*$'; }
+# check_ratio DESC A B MAX: A / B <= MAX (the figures are noted either way)
+check_ratio() { r=$(awk -v a="${2:-0}" -v b="${3:-0}" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "inf" }'); note "$1: $2 / $3 = $r"; check "$1 <= $4" awk -v r="$r" -v m="$4" 'BEGIN{ exit !(r != "inf" && r + 0 <= m + 0) }'; }
 check_eq() { if [ "$2" = "$3" ]; then echo "  ok: $1"; else echo "  not ok: $1 (got '$2', want '$3')"; TFAIL=1; fi; }
 
 # Wipe every VG and start again: vg on /dev/vda (512 MiB); /dev/vdb stays free for a second VG.
@@ -80,3 +84,19 @@ else
 fi
 W
 chmod +x /usr/bin/write_mb
+# write_rate FILE MIB RATE: MIB MiB in 1 MiB fsynced pieces at about RATE MiB/s (0: as fast as possible)
+cat > /usr/bin/write_rate <<'W'
+#!/bin/sh
+ms() { awk '{printf "%d", $1*1000}' /proc/uptime; }
+i=0; t0=$(ms)
+while [ $i -lt "$2" ]; do
+  dd if=/dev/zero of="$1" bs=1M count=1 seek=$i conv=notrunc,fsync 2>/dev/null || exit 1
+  i=$((i+1))
+  if [ "$3" != 0 ]; then
+    due=$(( t0 + i * 1000 / $3 )); now=$(ms)
+    if [ $due -gt $now ]; then usleep $(( (due - now) * 1000 )); fi
+  fi
+done
+exit 0
+W
+chmod +x /usr/bin/write_rate

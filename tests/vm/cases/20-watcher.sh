@@ -35,6 +35,26 @@ check_eq "original bytes back" "$(content data)" original
 check "filesystem clean" fsck_clean data
 end
 
+begin steps_follow_the_runs_growth_thick_and_thin
+# Issue 15: a step was half the size (2-3.5x the use allocated at the end); now it is relative
+# to the run's own growth. A writer at 4 MiB/s, where the fill rule sizes the steps (faster ones
+# get 3 horizons of writing: bench/run.sh cow), from a 4 MiB snapshot and from a pool with
+# ~4 MiB free.
+mkfs_lv data 200M /mnt/data
+guard --lv vg/data --size 4M --json -- write_rate /mnt/data/f 48 4 > out 2>&1; rc=$?
+check_eq "the command succeeded" "$rc" 0
+check_out "never invalidated" out '"invalidated":false'
+check_ratio "thick: the COW allocated at the end / the most the run used" "$(json_num cow_bytes out)" "$(json_num peak_used_bytes out)" 1.5
+umount /mnt/data
+thin_lv tdata 300M 48M /mnt/thin
+pfree() { s=$(lvs --noheadings --units b --nosuffix -o lv_size vg/pool | tr -d ' '); lvs --noheadings -o data_percent vg/pool | awk -v s="$s" '{ printf "%d", s - s * $1 / 100 }'; }
+dd if=/dev/zero of=/mnt/thin/pad bs=1M count=$(( ($(pfree) >> 20) - 4 )) conv=fsync 2>/dev/null
+free0=$(pfree)
+guard --lv vg/tdata --json -- write_rate /mnt/thin/f 48 4 > out2 2>&1; rc=$?
+check_eq "thin: the command succeeded" "$rc" 0
+check_ratio "thin: the pool's room for the run (free at the start + added) / its peak growth" "$((free0 + $(json_num added_bytes out2)))" "$(json_num peak_used_bytes out2)" 1.5
+end
+
 begin vg_full_freezes_before_the_snapshot_fills_then_rollback
 mkfs_lv data 200M /mnt/data
 lvcreate -q -y -l 100%FREE -n filler vg >/dev/null; lvreduce -q -y -L -8M vg/filler >/dev/null

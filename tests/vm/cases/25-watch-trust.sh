@@ -94,7 +94,8 @@ sleep 3
 pvcreate -q -y /dev/vdb >/dev/null; vgextend -q vg /dev/vdb >/dev/null
 # read again within seconds; the next sample extends
 sleep 6
-write_mb /mnt/data/big2 1 sync
+# past the threshold (80 %) now: 7 of the 8 MiB
+write_mb /mnt/data/big2 2 sync
 sleep 3
 size1=$(lv_bytes "data-guard-$run")
 note "kept snapshot: $size0 bytes before, $size1 after space was added"
