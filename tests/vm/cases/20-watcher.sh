@@ -44,7 +44,8 @@ mkfs_lv data 200M /mnt/data
 guard --lv vg/data --size 4M --json -- write_rate /mnt/data/f 48 4 > out 2>&1; rc=$?
 check_eq "the command succeeded" "$rc" 0
 check_out "never invalidated" out '"invalidated":false'
-check_ratio "thick: the COW allocated at the end / the most the run used" "$(json_num cow_bytes out)" "$(json_num peak_used_bytes out)" 1.5
+# (less one 4 MiB extent: steps are whole extents, which a 48 MiB run feels)
+check_ratio "thick: the COW allocated at the end, less one extent / the most the run used" "$(( $(json_num cow_bytes out) - (4 << 20) ))" "$(json_num peak_used_bytes out)" 1.5
 umount /mnt/data
 thin_lv tdata 300M 48M /mnt/thin
 pfree() { s=$(lvs --noheadings --units b --nosuffix -o lv_size vg/pool | tr -d ' '); lvs --noheadings -o data_percent vg/pool | awk -v s="$s" '{ printf "%d", s - s * $1 / 100 }'; }
@@ -52,7 +53,7 @@ dd if=/dev/zero of=/mnt/thin/pad bs=1M count=$(( ($(pfree) >> 20) - 4 )) conv=fs
 free0=$(pfree)
 guard --lv vg/tdata --json -- write_rate /mnt/thin/f 48 4 > out2 2>&1; rc=$?
 check_eq "thin: the command succeeded" "$rc" 0
-check_ratio "thin: the pool's room for the run (free at the start + added) / its peak growth" "$((free0 + $(json_num added_bytes out2)))" "$(json_num peak_used_bytes out2)" 1.5
+check_ratio "thin: the pool's room for the run (free at the start + added), less one extent / its peak growth" "$((free0 + $(json_num added_bytes out2) - (4 << 20)))" "$(json_num peak_used_bytes out2)" 1.5
 end
 
 begin vg_full_freezes_before_the_snapshot_fills_then_rollback
