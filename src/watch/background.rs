@@ -149,9 +149,18 @@ fn save_events(journal: &Journal, id: &str, w: &mut Watcher) -> Result<()> {
         // by name: the watcher has no item for a target it could not watch
         for t in rec.targets.iter_mut() {
             if let Some(it) = w.items.iter().find(|i| i.vg == t.vg && i.lv == t.lv) {
-                t.extensions = t.extensions.max(it.extensions);
-                // what this watcher added since its last save, on top of the run's own
+                // what this watcher did since its last save, on top of the run's own (a
+                // rebuilt watcher starts from 0: its own deltas only)
+                t.extensions += it.extensions.saturating_sub(it.extensions_saved);
                 t.added_bytes += it.added.saturating_sub(it.added_saved);
+                // a kept snapshot's size and use as they are now (a pool's growth is counted
+                // from each watcher's start: only the run's own figure stands for it)
+                if !t.thin && it.size > 0 {
+                    t.cow_bytes = Some(t.cow_bytes.unwrap_or(0).max(it.size));
+                    if let Some(p) = it.peak_growth {
+                        t.peak_used_bytes = Some(t.peak_used_bytes.unwrap_or(0).max(p));
+                    }
+                }
                 // rollback::merge_ended_badly reads it after the activation
                 t.invalidated |= it.invalid;
             }
@@ -160,6 +169,7 @@ fn save_events(journal: &Journal, id: &str, w: &mut Watcher) -> Result<()> {
     }
     for it in w.items.iter_mut() {
         it.added_saved = it.added;
+        it.extensions_saved = it.extensions;
     }
     w.events.clear();
     Ok(())
@@ -566,6 +576,7 @@ mod tests {
             lv: "vg/data".into(),
             detail: String::new(),
         });
+        w.items[0].added = 8 << 20;
         save_events(&journal, &rec.id, &mut w).unwrap();
         let back = journal.load(&rec.id).unwrap();
         assert_eq!(
@@ -576,8 +587,22 @@ mod tests {
             (back.targets[1].extensions, back.targets[1].invalidated),
             (2, true)
         );
+        assert_eq!(back.targets[1].added_bytes, 8 << 20);
         assert_eq!(back.events.len(), 1);
         assert!(w.events.is_empty());
+        // one more extension: only it is added, not the two saved already
+        w.items[0].extensions = 3;
+        w.items[0].added = 12 << 20;
+        w.events.push(Event {
+            at: String::new(),
+            kind: "extended".into(),
+            lv: "vg/data".into(),
+            detail: String::new(),
+        });
+        save_events(&journal, &rec.id, &mut w).unwrap();
+        let back = journal.load(&rec.id).unwrap();
+        assert_eq!(back.targets[1].extensions, 3);
+        assert_eq!(back.targets[1].added_bytes, 12 << 20);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::ui;
 use model::{
     dirty_allowance, extension_step, in_danger, meta_step, needs_extension, pool_state,
     runway_used_pct, target_room, PoolState, ASSUMED_RATE, DIRTY_WINDOW, MIN_LEAD, MIN_STEP,
-    THIN_META_BLOCK,
+    STEP_RATE_SPAN, THIN_META_BLOCK,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -127,11 +127,9 @@ pub struct WatchItem {
     /// no_space_timeout fails them), and so would a freeze's flush.
     out_of_data: bool,
     pub rate: f64,
-    /// The rate the size of a step is made for: the same growth over at least RATE_WINDOW. The
-    /// first samples of a run span 20–100 ms, and one fsync landing between two of them reads
-    /// as tens of MiB/s: right for deciding when (the trigger and the danger test use `rate`),
-    /// a 40 MiB overshoot when sizing the step.
+    /// The rate the size of a step is made for (model::STEP_RATE_SPAN), and its highest.
     step_rate: f64,
+    peak_step_rate: f64,
     /// The fastest this run's writers have filled it: once the VG has no room left, the hold
     /// must come early enough for a writer at full speed, not at the pace of the last samples
     /// (the rate window is 300 ms; a writer paused for an extension shows a rate of 0).
@@ -144,6 +142,7 @@ pub struct WatchItem {
     pub peak_growth: Option<u64>,
     pub added: u64,
     pub added_saved: u64,
+    pub extensions_saved: u32,
     pub extensions: u32,
     pub invalid: bool,
     /// False for a snapshot whose merge is pending: LVM refuses to extend it.
@@ -243,11 +242,13 @@ impl WatchItem {
             meta_used: 0,
             rate: 0.0,
             step_rate: 0.0,
+            peak_step_rate: 0.0,
             peak_rate: 0.0,
             max_pct: 0.0,
             peak_growth: None,
             added: 0,
             added_saved: 0,
+            extensions_saved: 0,
             extensions: 0,
             invalid: false,
             extendable: true,
@@ -826,8 +827,10 @@ impl Watcher {
             let dt = now.duration_since(t0).as_secs_f64();
             if dt > 0.0 {
                 it.rate = used.saturating_sub(u0) as f64 / dt;
-                it.step_rate = used.saturating_sub(u0) as f64 / dt.max(RATE_WINDOW.as_secs_f64());
+                it.step_rate =
+                    used.saturating_sub(u0) as f64 / dt.max(STEP_RATE_SPAN.as_secs_f64());
                 it.peak_rate = it.peak_rate.max(it.rate);
+                it.peak_step_rate = it.peak_step_rate.max(it.step_rate);
             }
         }
         if it
@@ -960,14 +963,22 @@ impl Watcher {
             } else if data_need && waiting(false) {
                 // the last try failed: its retry is due later
             } else if data_need {
+                // With a command to pause, a step too small for a writer seen only for a few
+                // milliseconds costs a pause; without one (the background watcher) it can cost
+                // the snapshot: there the raw rate sizes the step too.
+                let size_rate = if self.pgid.is_some() {
+                    it.step_rate
+                } else {
+                    it.step_rate.max(it.rate)
+                };
                 let room = target_room(
                     it.growth_since_start(),
-                    it.step_rate,
+                    size_rate,
                     dirty,
                     horizon,
                     self.cfg.extend_at,
                 );
-                match extension_step(it.size, it.used, room, it.extent, free) {
+                match extension_step(it.size, it.used, room, block, it.extent, free) {
                     Some(step) => {
                         let extent = it.extent.max(1);
                         let last = step >= free / extent * extent;
@@ -1415,12 +1426,13 @@ impl Watcher {
             // held, its samples stopped and a braked writer shows no rate: its fastest pace
             let room = target_room(
                 it.growth_since_start(),
-                it.step_rate.max(it.peak_rate),
+                it.step_rate.max(it.peak_step_rate),
                 dirty,
                 self.extend_cost + MIN_LEAD,
                 self.cfg.extend_at,
             );
-            if let Some(step) = extension_step(it.size, it.used, room, it.extent, free) {
+            let block = if it.thin { it.block_bytes } else { 0 };
+            if let Some(step) = extension_step(it.size, it.used, room, block, it.extent, free) {
                 if runway_used_pct(it.size, it.used, base) >= self.cfg.extend_at / 2.0 {
                     self.start_extension(i, step, false);
                     self.wait_inflight();

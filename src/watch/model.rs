@@ -29,6 +29,19 @@ fn safety(size: u64) -> f64 {
     (size as f64 * 0.02).max(1024.0 * 1024.0)
 }
 
+/// The danger test's fixed margin: the safety margin, and for a thin pool 32 of its blocks
+/// (`block`; 0 for a snapshot: see in_danger).
+fn margin(size: u64, block: u64) -> f64 {
+    safety(size).max(block as f64 * 32.0)
+}
+
+/// The shortest span the rate that sizes a step is measured over. The first samples of a run
+/// are 20 ms apart, and one 1 MiB fsync landing between two of them reads as 50 MiB/s: right
+/// for deciding when (the trigger and the danger test use the raw rate), a 40–64 MiB first step
+/// when sizing it. Over 100 ms the same fsync reads as 10 MiB/s; over the whole 300 ms window, a
+/// writer seen for 20 ms would be taken 15× too slow, too little for one the brake cannot reach.
+pub const STEP_RATE_SPAN: Duration = Duration::from_millis(100);
+
 /// Should this item be extended now? When the run has used `extend_at` percent of its runway,
 /// or what can land within the horizon (writes at the observed rate, plus the dirty cache that
 /// can still land here) would not fit, or it is down to its safety margin.
@@ -69,13 +82,20 @@ pub fn target_room(growth: u64, rate: f64, dirty: u64, horizon: Duration, extend
 }
 
 /// How much to add to reach `room` free (see target_room), and never less than twice the
-/// safety margin free (a pool that starts 98 % full must not get 8 MiB steps, each one in
-/// danger again at once), at least MIN_STEP (an lvextend costs ~0.4 s of suspend and
+/// danger test's margin free (a pool that starts 98 % full, or one of 1 MiB blocks, must not
+/// get 8 MiB steps, each one in danger again at once; `block` as for in_danger), at least MIN_STEP (an lvextend costs ~0.4 s of suspend and
 /// metadata writes); whole extents; capped by what the VG has. None: no room at all.
-pub fn extension_step(size: u64, used: u64, room: u64, extent: u64, vg_free: u64) -> Option<u64> {
+pub fn extension_step(
+    size: u64,
+    used: u64,
+    room: u64,
+    block: u64,
+    extent: u64,
+    vg_free: u64,
+) -> Option<u64> {
     let extent = extent.max(1);
     let free = size.saturating_sub(used);
-    let room = room.max((safety(size) * 2.0) as u64);
+    let room = room.max((margin(size, block) * 2.0) as u64);
     let want = room.saturating_sub(free).max(MIN_STEP);
     let want = want.div_ceil(extent).saturating_mul(extent);
     let room = vg_free / extent * extent;
@@ -103,7 +123,7 @@ pub const MIN_LEAD: Duration = Duration::from_millis(100);
 pub fn in_danger(size: u64, used: u64, rate: f64, dirty: u64, lead: Duration, block: u64) -> bool {
     let free = size.saturating_sub(used) as f64;
     let lead = lead.max(MIN_LEAD).as_secs_f64();
-    free < dirty as f64 + rate * lead + safety(size).max(block as f64 * 32.0)
+    free < dirty as f64 + rate * lead + margin(size, block)
 }
 
 /// How much of the dirty page cache can still land in this snapshot (or pool) without a new
@@ -198,21 +218,27 @@ mod tests {
         let ext = 4 * MIB;
         // 8 MiB with 6 used, room wanted 20: add 18 (2 are free)
         assert_eq!(
-            extension_step(8 * MIB, 6 * MIB, 20 * MIB, ext, GIB),
+            extension_step(8 * MIB, 6 * MIB, 20 * MIB, 0, ext, GIB),
             Some(20 * MIB)
         );
         // never less than MIN_STEP, in whole extents
-        assert_eq!(extension_step(8 * MIB, 6 * MIB, 0, ext, GIB), Some(8 * MIB));
         assert_eq!(
-            extension_step(8 * MIB, 6 * MIB, 13 * MIB, ext, GIB),
+            extension_step(8 * MIB, 6 * MIB, 0, 0, ext, GIB),
+            Some(8 * MIB)
+        );
+        assert_eq!(
+            extension_step(8 * MIB, 6 * MIB, 13 * MIB, 0, ext, GIB),
             Some(12 * MIB)
         );
         // capped by the VG, None when it has nothing
         assert_eq!(
-            extension_step(8 * MIB, 6 * MIB, 200 * MIB, ext, 12 * MIB),
+            extension_step(8 * MIB, 6 * MIB, 200 * MIB, 0, ext, 12 * MIB),
             Some(12 * MIB)
         );
-        assert_eq!(extension_step(8 * MIB, 6 * MIB, 200 * MIB, ext, MIB), None);
+        assert_eq!(
+            extension_step(8 * MIB, 6 * MIB, 200 * MIB, 0, ext, MIB),
+            None
+        );
     }
 
     #[test]
@@ -251,7 +277,7 @@ mod tests {
         let used = base + GIB;
         assert!(in_danger(size, used, 0.0, 0, MIN_LEAD, 0));
         let room = target_room(GIB, 0.0, 0, h, 80.0);
-        let step = extension_step(size, used, room, 4 * MIB, 1 << 50).unwrap();
+        let step = extension_step(size, used, room, 0, 4 * MIB, 1 << 50).unwrap();
         assert!(!in_danger(size + step, used, 0.0, 0, MIN_LEAD, 0), "{step}");
         assert!(!needs_extension(size + step, used, base, 0.0, 0, h, 80.0));
     }
@@ -289,11 +315,18 @@ mod tests {
                 hist.pop_front();
             }
             let (n0, u0) = hist[0];
+            let span = (n - n0) as f64 * tick.as_secs_f64();
             let rate = if n > n0 {
-                (used - u0) as f64 / ((n - n0) as f64 * tick.as_secs_f64())
+                (used - u0) as f64 / span
             } else {
                 0.0
             };
+            // as the watcher sizes a step (mod.rs, sample and decide): over at least
+            // STEP_RATE_SPAN with a command to pause, the raw rate too without one
+            let mut step_rate = (used - u0) as f64 / span.max(STEP_RATE_SPAN.as_secs_f64());
+            if !brake {
+                step_rate = step_rate.max(rate);
+            }
             if let Some((at, step)) = inflight {
                 let this = took.as_secs_f64() * if lvextends % 2 == 1 { 1.15 } else { 0.85 };
                 if (n - at) as f64 * tick.as_secs_f64() >= this {
@@ -306,8 +339,8 @@ mod tests {
             let danger = in_danger(size, used, rate, 0, MIN_LEAD, 0);
             let need = danger || needs_extension(size, used, base, rate, 0, horizon, 80.0);
             if need && inflight.is_none() {
-                let room = target_room(used - base, rate, 0, horizon, 80.0);
-                inflight = extension_step(size, used, room, 4 * MIB, 1 << 40).map(|s| (n, s));
+                let room = target_room(used - base, step_rate, 0, horizon, 80.0);
+                inflight = extension_step(size, used, room, 0, 4 * MIB, 1 << 40).map(|s| (n, s));
             }
             if brake && danger && inflight.is_some() {
                 braked = true;
@@ -347,10 +380,11 @@ mod tests {
     }
     #[test]
     fn a_writer_the_brake_cannot_reach_is_still_outpaced_once_its_rate_is_seen() {
-        // no SIGSTOP: a daemon outside the command's group, or a kept run's writer. From a
-        // room that covers the first horizon, lvextends 15 % slower and faster in turn, the
-        // steps alone must keep up, back to back if need be (a room of less than two lvextends
-        // of writing was lost here at 16 MiB/s and more)
+        // no SIGSTOP: a kept run's writer (the background watcher has no command to pause).
+        // From a room that covers the first horizon, lvextends 15 % slower and faster in turn,
+        // the steps alone must keep up, back to back if need be (a room of less than two
+        // lvextends of writing was lost here at 16 MiB/s and more, and so was a first step
+        // sized from a rate taken over 100 ms when 20 ms of it had been seen)
         for (rate, start) in [
             (8.0, 8 * MIB),
             (16.0, 16 * MIB),
@@ -417,7 +451,7 @@ mod tests {
         // and the step follows what the run itself used (15 GiB), not the pool's size: at
         // extend_at 50, 1.35x of 15 GiB free after it (15 of them are free already)
         let room = target_room(15 * GIB, 0.0, 0, h, 50.0);
-        let step = extension_step(100 * GIB, 85 * GIB, room, 4 * MIB, 1 << 40).unwrap();
+        let step = extension_step(100 * GIB, 85 * GIB, room, 0, 4 * MIB, 1 << 40).unwrap();
         assert!(step > 5 * GIB && step < 5 * GIB + 400 * MIB, "{step}");
         // a pool at its last 1 % is extended whatever the baseline says
         assert!(need(99 * GIB, 99 * GIB));

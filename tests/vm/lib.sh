@@ -14,8 +14,9 @@ check() { d=$1; shift; if "$@"; then echo "  ok: $d"; else echo "  not ok: $d"; 
 check_out() { if grep -qE -- "$3" "$2"; then echo "  ok: $1"; else echo "  not ok: $1 (no /$3/ in $2:)"; sed 's/^/    | /' "$2" | tail -15; TFAIL=1; fi; }
 # json_num KEY FILE: the first number under "KEY" in a JSON report
 json_num() { grep -o "\"$1\": *[0-9.]*" "$2" | head -1 | grep -o '[0-9.]*$'; }
-# check_ratio DESC A B MAX: A / B <= MAX (the figures are noted either way)
-check_ratio() { r=$(awk -v a="${2:-0}" -v b="${3:-0}" 'BEGIN{ if (b > 0) printf "%.2f", a / b; else print "inf" }'); note "$1: $2 / $3 = $r"; check "$1 <= $4" awk -v r="$r" -v m="$4" 'BEGIN{ exit !(r != "inf" && r + 0 <= m + 0) }'; }
+# check_ratio DESC A B MAX: 0 < A / B <= MAX (the figures are noted either way; a missing or
+# non-positive figure fails)
+check_ratio() { r=$(awk -v a="$2" -v b="$3" 'BEGIN{ if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/ && a > 0 && b > 0) printf "%.2f", a / b; else print "bad" }'); note "$1: $2 / $3 = $r"; check "$1 <= $4" awk -v r="$r" -v m="$4" 'BEGIN{ exit !(r != "bad" && r + 0 <= m + 0) }'; }
 check_eq() { if [ "$2" = "$3" ]; then echo "  ok: $1"; else echo "  not ok: $1 (got '$2', want '$3')"; TFAIL=1; fi; }
 
 # Wipe every VG and start again: vg on /dev/vda (512 MiB); /dev/vdb stays free for a second VG.

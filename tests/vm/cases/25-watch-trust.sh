@@ -94,7 +94,7 @@ sleep 3
 pvcreate -q -y /dev/vdb >/dev/null; vgextend -q vg /dev/vdb >/dev/null
 # read again within seconds; the next sample extends
 sleep 6
-# past the threshold (80 %) now: 7 of the 8 MiB
+# further past the background watcher's threshold (50 %): 7 of the 8 MiB
 write_mb /mnt/data/big2 2 sync
 sleep 3
 size1=$(lv_bytes "data-guard-$run")
