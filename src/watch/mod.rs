@@ -953,13 +953,7 @@ impl Watcher {
                 && it.meta_size > 0
                 && in_danger(it.meta_size, it.meta_used, 0.0, 0, MIN_LEAD, 0);
             if meta_danger && !waiting(true) {
-                let extent = it.extent.max(1);
-                let step = meta_step(it.meta_size).min(free / extent * extent);
-                if step > 0 {
-                    self.start_extension(i, step, true);
-                } else {
-                    self.vg_full.insert(it.vg.clone());
-                }
+                self.extend_metadata(i, free);
             } else if data_need && waiting(false) {
                 // the last try failed: its retry is due later
             } else if data_need {
@@ -1005,13 +999,7 @@ impl Watcher {
                     }
                 }
             } else if meta_need && !waiting(true) {
-                let extent = it.extent.max(1);
-                let step = meta_step(it.meta_size).min(free / extent * extent);
-                if step > 0 {
-                    self.start_extension(i, step, true);
-                } else {
-                    self.vg_full.insert(it.vg.clone());
-                }
+                self.extend_metadata(i, free);
             }
         }
         let it = &self.items[i];
@@ -1039,6 +1027,19 @@ impl Watcher {
             self.brake(i, "the extension failed and is retried");
         }
         true
+    }
+
+    /// Extends item `i`'s pool metadata by its step, within the VG's `free` room (none: the VG
+    /// is full).
+    fn extend_metadata(&mut self, i: usize, free: u64) {
+        let it = &self.items[i];
+        let extent = it.extent.max(1);
+        let step = meta_step(it.meta_size).min(free / extent * extent);
+        if step > 0 {
+            self.start_extension(i, step, true);
+        } else {
+            self.vg_full.insert(it.vg.clone());
+        }
     }
 
     /// Stops the command's group until the extension under way lands (and the next decision).
@@ -1585,12 +1586,7 @@ mod tests {
         let sig = SignalState::default();
         let mut w = watcher();
         // a real process group stands in for the command
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        w.set_pgid(child.id() as i32);
+        let mut child = command_stand_in(&mut w);
         sig.note(SIGUSR2);
         w.tick(&sig);
         assert!(w.rollback_requested, "not held, yet the request must act");
@@ -1648,6 +1644,32 @@ mod tests {
         assert!(w.events.iter().any(|e| e.kind == "vg-room"));
     }
 
+    /// A process in its own group, the watcher's command: what it pauses and continues.
+    fn command_stand_in(w: &mut Watcher) -> std::process::Child {
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        w.set_pgid(child.id() as i32);
+        child
+    }
+
+    /// Books `child` as the lvextend of item 0's data, adding `bytes` to `from`, and waits for it.
+    fn land(w: &mut Watcher, child: std::process::Child, bytes: u64, from: u64) {
+        w.inflight = Some(InFlight {
+            child,
+            item: 0,
+            bytes,
+            metadata: false,
+            started: Instant::now(),
+            reaction: Duration::ZERO,
+            last: false,
+            from,
+        });
+        w.wait_inflight();
+    }
+
     /// An lvextend stand-in that fails with `err` on stderr.
     fn failed_lvextend(w: &mut Watcher, err: &str) {
         let child = std::process::Command::new("sh")
@@ -1655,17 +1677,8 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        w.inflight = Some(InFlight {
-            child,
-            item: 0,
-            bytes: 4 << 20,
-            metadata: false,
-            started: Instant::now(),
-            reaction: Duration::ZERO,
-            last: false,
-            from: w.items[0].size,
-        });
-        w.wait_inflight();
+        let from = w.items[0].size;
+        land(w, child, 4 << 20, from);
     }
 
     #[test]
@@ -1675,36 +1688,15 @@ mod tests {
         // step again, and the last extension of a run (no sample after it) went into the report
         // 8-16 MiB too large.
         let mut w = watcher();
-        let child = std::process::Command::new("true").spawn().unwrap();
-        w.inflight = Some(InFlight {
-            child,
-            item: 0,
-            bytes: 4 << 20,
-            metadata: false,
-            started: Instant::now(),
-            reaction: Duration::ZERO,
-            last: false,
-            from: 8 << 20,
-        });
         // the sample's reading: already 12 MiB
         w.items[0].size = 12 << 20;
-        w.wait_inflight();
+        let ok = || std::process::Command::new("true").spawn().unwrap();
+        land(&mut w, ok(), 4 << 20, 8 << 20);
         assert_eq!(w.items[0].size, 12 << 20);
         assert_eq!(w.items[0].added, 4 << 20);
         assert_eq!(w.items[0].extensions, 1);
         // and when no sample came in between, the step is what it added
-        let child = std::process::Command::new("true").spawn().unwrap();
-        w.inflight = Some(InFlight {
-            child,
-            item: 0,
-            bytes: 8 << 20,
-            metadata: false,
-            started: Instant::now(),
-            reaction: Duration::ZERO,
-            last: false,
-            from: 12 << 20,
-        });
-        w.wait_inflight();
+        land(&mut w, ok(), 8 << 20, 12 << 20);
         assert_eq!(w.items[0].size, 20 << 20);
     }
 
@@ -1732,15 +1724,9 @@ mod tests {
     #[test]
     fn a_failing_extension_pauses_the_writer_then_hands_over_to_when_full() {
         let mut w = watcher();
-        // a command to pause: a stand-in in its own process group (without one, the
-        // background watcher's case, there is nothing to pause)
-        use std::os::unix::process::CommandExt;
-        let mut cmd = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        w.set_pgid(cmd.id() as i32);
+        // a command to pause (without one, the background watcher's case, there is nothing
+        // to pause)
+        let mut cmd = command_stand_in(&mut w);
         w.vg_free.insert("vg".into(), 1 << 30);
         // full to the brim: in danger
         w.items[0].used = w.items[0].size;
