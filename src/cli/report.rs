@@ -140,6 +140,13 @@ impl Report {
         let mut s = format!("guard: run {}: {what}; {action}\n", self.run);
         for t in &self.targets {
             let used = match (t.max_used_percent, t.cow_bytes) {
+                // in bytes where known: the percentage was of the size at that moment, and a
+                // kept run's background watcher may have grown it since
+                (Some(_), Some(b)) if t.peak_used_bytes.is_some() => format!(
+                    "COW use peaked at {} of {}",
+                    human(t.peak_used_bytes.unwrap_or(0)),
+                    human(b)
+                ),
                 (Some(p), Some(b)) => format!("COW use peaked at {p:.1}% of {}", human(b)),
                 (Some(p), None) => format!("thin pool data {p:.1}%"),
                 _ => "use unknown".into(),

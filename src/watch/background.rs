@@ -151,8 +151,12 @@ fn save_events(journal: &Journal, id: &str, w: &mut Watcher) -> Result<()> {
             if let Some(it) = w.items.iter().find(|i| i.vg == t.vg && i.lv == t.lv) {
                 // what this watcher did since its last save, on top of the run's own (a
                 // rebuilt watcher starts from 0: its own deltas only)
-                t.extensions += it.extensions.saturating_sub(it.extensions_saved);
-                t.added_bytes += it.added.saturating_sub(it.added_saved);
+                t.extensions = t
+                    .extensions
+                    .saturating_add(it.extensions.saturating_sub(it.extensions_saved));
+                t.added_bytes = t
+                    .added_bytes
+                    .saturating_add(it.added.saturating_sub(it.added_saved));
                 // a kept snapshot's size and use as they are now (a pool's growth is counted
                 // from each watcher's start: only the run's own figure stands for it)
                 if !t.thin && it.size > 0 {

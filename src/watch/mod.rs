@@ -958,8 +958,10 @@ impl Watcher {
                 // the last try failed: its retry is due later
             } else if data_need {
                 // With a command to pause, a step too small for a writer seen only for a few
-                // milliseconds costs a pause; without one (the background watcher) it can cost
-                // the snapshot: there the raw rate sizes the step too.
+                // milliseconds costs the command a pause (a writer outside its process group,
+                // in a run's first ~100 ms, has the 3-horizon room of the next step only);
+                // without one (the background watcher) it can cost the snapshot: there the raw
+                // rate sizes the step too.
                 let size_rate = if self.pgid.is_some() {
                     it.step_rate
                 } else {
@@ -1427,7 +1429,7 @@ impl Watcher {
             // held, its samples stopped and a braked writer shows no rate: its fastest pace
             let room = target_room(
                 it.growth_since_start(),
-                it.step_rate.max(it.peak_step_rate),
+                it.peak_step_rate,
                 dirty,
                 self.extend_cost + MIN_LEAD,
                 self.cfg.extend_at,
