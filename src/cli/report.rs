@@ -22,8 +22,8 @@ pub struct TargetReport {
     pub invalidated: bool,
     /// How long the rollback's merge took, where it ran in this guard.
     pub merge_seconds: Option<f64>,
-    /// The most COW the run used (thin: what it added to the pool's use), and what the
-    /// watcher's extensions added.
+    /// The most COW the run used (thin: the pool's growth since the run began), and the VG
+    /// space the watchers' extensions took.
     pub peak_used_bytes: Option<u64>,
     pub added_bytes: u64,
 }
@@ -139,16 +139,14 @@ impl Report {
         };
         let mut s = format!("guard: run {}: {what}; {action}\n", self.run);
         for t in &self.targets {
-            let used = match (t.max_used_percent, t.cow_bytes) {
+            let used = match (t.peak_used_bytes, t.max_used_percent, t.cow_bytes) {
                 // in bytes where known: the percentage was of the size at that moment, and a
                 // kept run's background watcher may have grown it since
-                (Some(_), Some(b)) if t.peak_used_bytes.is_some() => format!(
-                    "COW use peaked at {} of {}",
-                    human(t.peak_used_bytes.unwrap_or(0)),
-                    human(b)
-                ),
-                (Some(p), Some(b)) => format!("COW use peaked at {p:.1}% of {}", human(b)),
-                (Some(p), None) => format!("thin pool data {p:.1}%"),
+                (Some(peak), Some(_), Some(b)) => {
+                    format!("COW use peaked at {} of {}", human(peak), human(b))
+                }
+                (_, Some(p), Some(b)) => format!("COW use peaked at {p:.1}% of {}", human(b)),
+                (_, Some(p), None) => format!("thin pool data {p:.1}%"),
                 _ => "use unknown".into(),
             };
             let used = match (t.extensions, t.invalidated) {

@@ -290,6 +290,14 @@ impl WatchItem {
             .map(|&(_, u)| self.used.saturating_sub(u))
             .unwrap_or(0)
     }
+    /// A thin pool's allocation unit for the danger test's margin; 0 for a snapshot.
+    fn block(&self) -> u64 {
+        if self.thin {
+            self.block_bytes
+        } else {
+            0
+        }
+    }
     /// What landed since the watch began.
     fn growth_since_start(&self) -> u64 {
         self.used.saturating_sub(self.base.unwrap_or(0))
@@ -894,11 +902,15 @@ impl Watcher {
         }
     }
 
+    /// What the rate term plans for: one lvextend, and the watcher's lead in seeing the need
+    /// (the danger test and the brake cover a host slower than that).
+    fn horizon(&self) -> Duration {
+        self.extend_cost + MIN_LEAD
+    }
+
     /// Extends, brakes or holds item `i` as its numbers say; true when it is in danger.
     fn decide(&mut self, i: usize, dirty: u64) -> bool {
-        // one lvextend, and the watcher's lead in seeing the need (the danger test and the
-        // brake cover a host slower than that)
-        let horizon = self.extend_cost + MIN_LEAD;
+        let horizon = self.horizon();
         // While guard bounds the page cache the writer can fill it to the bound at any moment,
         // whatever the last (up to 250 ms old) reading said. Braked, it counts too: the brake
         // ends on this same test, and a writer let go must not find the hold's room gone.
@@ -916,7 +928,7 @@ impl Watcher {
             (Some(p), Some(l)) => (l.duration_since(p) * 2).clamp(MIN_LEAD, MAX_LEAD),
             _ => MIN_LEAD,
         };
-        let block = if it.thin { it.block_bytes } else { 0 };
+        let block = it.block();
         // in danger is always reason to extend where there is room
         let data_need = in_danger(it.size, it.used, self.hold_rate(i), dirty, lead, block)
             || needs_extension(
@@ -1154,9 +1166,9 @@ impl Watcher {
             }
             let it = &mut self.items[f.item];
             it.extensions += 1;
-            // never counted twice (see InFlight::from): the last one can land after the last
-            // sample, and the report's size is this one
             it.added += f.bytes;
+            // the size never counts the step twice (see InFlight::from): the last one can land
+            // after the last sample, and the report's size is this one
             let detail = if f.metadata {
                 it.meta_size = it.meta_size.max(f.from + f.bytes);
                 format!(
@@ -1431,10 +1443,10 @@ impl Watcher {
                 it.growth_since_start(),
                 it.peak_step_rate,
                 dirty,
-                self.extend_cost + MIN_LEAD,
+                self.horizon(),
                 self.cfg.extend_at,
             );
-            let block = if it.thin { it.block_bytes } else { 0 };
+            let block = it.block();
             if let Some(step) = extension_step(it.size, it.used, room, block, it.extent, free) {
                 if runway_used_pct(it.size, it.used, base) >= self.cfg.extend_at / 2.0 {
                     self.start_extension(i, step, false);
