@@ -63,3 +63,16 @@ pub fn print_block(text: &str) {
 pub fn is_quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
+
+/// Output on stdout (status, policy lists, JSON). A reader that went away (`guard status |
+/// head -3`) ends the output quietly, as it ends `ls`'s; any other failure to write is an
+/// error. Never a panic (println! panics on a closed pipe).
+pub fn out(text: impl AsRef<[u8]>) -> crate::error::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_ref()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(crate::error::Error::io(
+            "cannot write to standard output",
+            e,
+        )),
+        _ => Ok(()),
+    }
+}

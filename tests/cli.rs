@@ -147,3 +147,28 @@ mod completions {
         );
     }
 }
+
+mod output {
+    /// `guard policy list | head -1`: a reader that goes away early ends guard's output quietly,
+    /// as it does `ls`'s, never with a panic and its exit status 101.
+    #[test]
+    fn a_reader_that_stops_early_is_no_crash() {
+        use std::process::{Command, Stdio};
+        let bin = assert_cmd::cargo::cargo_bin("guard");
+        for args in [&["policy", "list"][..], &["policy", "list", "--json"][..]] {
+            let mut child = Command::new(&bin)
+                .args(args)
+                .env("GUARD_NO_SYSLOG", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // the reader is gone before guard writes a byte
+            drop(child.stdout.take());
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        }
+    }
+}

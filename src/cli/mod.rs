@@ -554,7 +554,7 @@ pub fn preflight() -> Result<()> {
 
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
     crate::exec::trace("main");
-    crate::lvm::shell::start_early(&args);
+    crate::lvm::early::start(&args);
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -623,18 +623,22 @@ fn dispatch(cli: Cli) -> Result<i32> {
         }
         Sub::DmStatus { name } => {
             for t in crate::dm::Control::open()?.status(&name)? {
-                println!("{} {} {} {}", t.start, t.length, t.target_type, t.params);
+                ui::out(format!(
+                    "{} {} {} {}\n",
+                    t.start, t.length, t.target_type, t.params
+                ))?;
             }
             Ok(0)
         }
         Sub::Status { json, all } => {
             preflight()?;
-            let lvm = RealLvm::with_shell();
+            // one lvm2 command: its report was started before the arguments were parsed
+            // (lvm/early.rs), a shell would only add its own start-up
             let st = status::collect(&lvm, &journal, all)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                ui::out(format!("{}\n", serde_json::to_string_pretty(&st)?))?;
             } else {
-                print!("{}", status::human_text(&st));
+                ui::out(status::human_text(&st))?;
             }
             Ok(0)
         }
@@ -747,11 +751,11 @@ fn policy_cmd(sub: PolicySub) -> Result<i32> {
             let all = policy::list();
             if json {
                 let v = serde_json::json!({"schema": "guard.policy-list/1", "policies": all});
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                ui::out(format!("{}\n", serde_json::to_string_pretty(&v)?))?;
             } else {
                 for p in all {
-                    println!(
-                        "{:<16} {:<44} {}{}",
+                    ui::out(format!(
+                        "{:<16} {:<44} {}{}\n",
                         p.name,
                         p.source,
                         p.description,
@@ -760,7 +764,7 @@ fn policy_cmd(sub: PolicySub) -> Result<i32> {
                         } else {
                             ""
                         }
-                    );
+                    ))?;
                 }
             }
             Ok(0)
@@ -772,9 +776,9 @@ fn policy_cmd(sub: PolicySub) -> Result<i32> {
             let o = build_run_options(&cli.run, Some(&p))?;
             let eff = policy::effective(&p, &o);
             if json {
-                println!("{}", serde_json::to_string_pretty(&eff)?);
+                ui::out(format!("{}\n", serde_json::to_string_pretty(&eff)?))?;
             } else {
-                print!("{}", policy::effective_text(&eff));
+                ui::out(policy::effective_text(&eff))?;
             }
             Ok(0)
         }

@@ -2,6 +2,7 @@
 //! merge that snapshot), not of command lines; `RealLvm` runs the lvm2 tools, `SimLvm` keeps an
 //! in-memory model for fast unit tests of the transaction logic. Only the real one proves
 //! anything about LVM: the VM tier (tests/vm) runs it against real volume groups.
+pub mod early;
 pub mod real;
 pub mod report;
 pub mod shell;

@@ -25,7 +25,8 @@ impl RealLvm {
     /// With an lvm shell started now, so that its start-up overlaps guard's own. For the
     /// commands that run several lvm2 commands in a row (a guarded run, a rollback).
     pub fn with_shell() -> RealLvm {
-        let shell = crate::exec::find_program("lvm").and_then(|p| super::shell::take_or_start(&p));
+        let shell =
+            crate::exec::find_program("lvm").and_then(|p| super::early::take_or_start_shell(&p));
         RealLvm {
             shell: Mutex::new(shell),
         }
@@ -69,6 +70,9 @@ impl RealLvm {
     /// Runs an lvm2 command, in the shell when there is one; returns its output (the JSON
     /// report of `lvs` and `vgs`).
     fn call(&self, words: Vec<String>) -> Result<Vec<u8>> {
+        if let Some(report) = super::early::take_report(&words) {
+            return Ok(report);
+        }
         if let Some(done) = self.in_shell(&words) {
             return done;
         }

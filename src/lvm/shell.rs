@@ -76,10 +76,8 @@ pub struct Shell {
     stdout: ChildStdout,
     stderr: ChildStderr,
     probed: bool,
-    /// A read-only command sent ahead of being asked for (see `prefetch`).
-    prefetched: Option<Vec<String>>,
-    /// Report bytes read past the end of the last reply: the start of the next one (two
-    /// replies can come in one read when commands were sent ahead).
+    /// Report bytes read past the end of the last reply: kept as the start of the next one,
+    /// whose status must then name its own command (see `status_code`), never dropped.
     unread: Vec<u8>,
 }
 
@@ -185,39 +183,6 @@ fn drain(r: &mut impl Read, into: &mut Vec<u8>) -> std::io::Result<bool> {
     }
 }
 
-/// A shell started before guard parsed its command line (see `start_early`).
-static EARLY: std::sync::Mutex<Option<Shell>> = std::sync::Mutex::new(None);
-
-/// Starts the shell at once, before the command line is parsed, when guard is root and its
-/// arguments look like a command that will use it: one holding `--` (only the commands that
-/// run another command take it: a guarded run, `snapshot`, `rehearse`), or `status`,
-/// `commit`, `rollback`, `recover`. Parsing takes ~45 ms under emulation and lvm2's own
-/// start-up ~130: this way they overlap. A guess that is wrong costs a process that ends with
-/// guard; nothing is sent to it but `version`.
-pub fn start_early(args: &[std::ffi::OsString]) {
-    let runs_a_command = args.iter().skip(1).any(|a| a == "--");
-    let sub = |names: &[&str]| args.get(1).is_some_and(|a| names.iter().any(|s| a == s));
-    let likely = runs_a_command || sub(&["status", "commit", "rollback", "recover"]);
-    if !likely || !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    if let Some(mut sh) = crate::exec::find_program("lvm").and_then(|p| Shell::start(&p)) {
-        // A guarded run and `status` begin with the full LV report: ask for it now. A run plans
-        // from it before it locks anything, as it would a moment later; `status` only shows
-        // it. (commit and rollback read theirs under their locks: not sent ahead.)
-        if runs_a_command || sub(&["status"]) {
-            sh.prefetch(super::real::RealLvm::lvs_words());
-        }
-        *EARLY.lock().unwrap_or_else(|p| p.into_inner()) = Some(sh);
-    }
-}
-
-/// The shell `start_early` started, if any; else a new one.
-pub fn take_or_start(program: &Path) -> Option<Shell> {
-    let early = EARLY.lock().unwrap_or_else(|p| p.into_inner()).take();
-    early.or_else(|| Shell::start(program))
-}
-
 impl Shell {
     /// Starts `lvm` as a shell and asks for its version (answered on first use). None when
     /// lvm2's profile for this is not installed: one process per command then.
@@ -285,7 +250,6 @@ impl Shell {
             stdout,
             stderr,
             probed: false,
-            prefetched: None,
             unread: Vec::new(),
         };
         if !ok || sh.send("version").is_err() {
@@ -298,18 +262,6 @@ impl Shell {
         let stdin = self.stdin.as_mut().ok_or(std::io::ErrorKind::BrokenPipe)?;
         stdin.write_all(format!("{line}\n").as_bytes())?;
         stdin.flush()
-    }
-
-    /// Sends a read-only command before it is asked for: `run` with the same words then only
-    /// waits for its answer; with other words it reads and drops it first.
-    pub fn prefetch(&mut self, words: Vec<String>) {
-        if self.prefetched.is_none() {
-            if let Some(text) = line(&words) {
-                if self.send(&text).is_ok() {
-                    self.prefetched = Some(words);
-                }
-            }
-        }
     }
 
     /// Runs one command (its words, the first being the command's name) and waits for its
@@ -329,14 +281,6 @@ impl Shell {
                 ));
             }
             self.probed = true;
-        }
-        if let Some(sent) = self.prefetched.take() {
-            let (doc, raw) = self.reply(None).map_err(|why| broken(why, false))?;
-            if sent == args {
-                let code = status_code(&doc, &args[0])
-                    .ok_or_else(|| broken("no status in the lvm shell's reply", false))?;
-                return Ok(Reply { code, doc: raw });
-            }
         }
         let text = line(args).ok_or_else(|| broken("an argument the shell cannot quote", false))?;
         self.send(&text)
@@ -434,8 +378,8 @@ impl Drop for Shell {
             // A command is still running (or its reply was garbled): killing lvm2 half-way
             // could leave an origin suspended. Wait for it.
             let _ = self.child.wait();
-        } else if !self.probed || self.prefetched.is_some() {
-            // asked only `version` or a report: nothing to harm, and it may never answer
+        } else if !self.probed {
+            // asked only `version`: nothing to harm, and it may never answer
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -559,44 +503,6 @@ esac; done"#
         // its input closed, the shell takes no further command: the caller goes on without it
         let e = sh.run(&["lvs".to_string()]).unwrap_err();
         assert!(!e.sent, "{}", e.why);
-    }
-
-    #[test]
-    fn a_prefetched_answer_is_used_once_and_a_different_command_waits_for_it() {
-        // each reply names the line it answers, so the test sees which reply it got
-        let (_d, p) = fake(
-            r#"while read l; do case "$l" in
-  exit) exit 0;;
-  *) printf '{"line":"%s","log":[{"log_type":"status","log_ret_code":"1"}]}\n' "$l" >&3;;
-esac; done"#,
-        );
-        let w = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let mut sh = Shell::spawn(&p).unwrap();
-        sh.prefetch(w("lvs -a"));
-        let r = sh.run(&w("lvs -a")).unwrap();
-        assert!(String::from_utf8_lossy(&r.doc).contains("\"line\":\"lvs -a\""));
-        // asked again: run afresh, not the old answer
-        let r = sh.run(&w("lvs -a")).unwrap();
-        assert!(String::from_utf8_lossy(&r.doc).contains("lvs -a"));
-        sh.prefetch(w("lvs -a"));
-        let r = sh.run(&w("lvremove vg/x")).unwrap();
-        assert!(String::from_utf8_lossy(&r.doc).contains("lvremove vg/x"));
-    }
-
-    #[test]
-    fn two_replies_in_one_read_are_both_kept() {
-        // the stand-in answers the probe and the command sent ahead in a single write
-        let (_d, p) = fake(
-            r#"read v; read l
-printf '{"line":"%s","log":[{"log_type":"status","log_ret_code":"1"}]}\n{"line":"%s","report":[{"lv":[{"lv_name":"k1","vg_name":"vg","lv_size":"4194304"}]}],"log":[{"log_type":"status","log_ret_code":"1"}]}\n' "$v" "$l" >&3
-while read l; do [ "$l" = exit ] && exit 0; done"#,
-        );
-        let w = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let mut sh = Shell::spawn(&p).unwrap();
-        sh.prefetch(w("lvs -a"));
-        let r = sh.run(&w("lvs -a")).unwrap();
-        let lvs = crate::lvm::report::parse_lvs(&r.doc).unwrap();
-        assert_eq!(lvs[0].name, "k1");
     }
 
     #[test]

@@ -170,9 +170,9 @@ pub fn diff(lvm: &dyn Lvm, j: &Journal, a: &DiffArgs) -> Result<i32> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        ui::out(format!("{}\n", serde_json::to_string_pretty(&out)?))?;
     } else {
-        print!("{}", human(&rec, &out));
+        ui::out(human(&rec, &out))?;
     }
     Ok(0)
 }
@@ -280,10 +280,8 @@ fn content(lvm: &dyn Lvm, j: &Journal, rec: &RunRecord, p: &Path) -> Result<i32>
             Ok(0)
         }
         Some(1) => {
-            use std::io::Write;
-            std::io::stdout()
-                .write_all(&out.stdout)
-                .map_err(|e| Error::io("cannot write", e))?;
+            // as diff wrote it: file contents need not be UTF-8
+            ui::out(&out.stdout)?;
             Ok(0)
         }
         _ => Err(Error::Other(format!(
