@@ -64,11 +64,14 @@ pub fn is_quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
-/// Output on stdout (status, policy lists, JSON). A reader that went away (`guard status |
-/// head -3`) ends the output quietly, as it ends `ls`'s; any other failure to write is an
-/// error. Never a panic (println! panics on a closed pipe).
+/// Output on stdout (status, policy lists, JSON, completions). A reader that went away (`guard
+/// status | head -3`) ends the output quietly with exit status 0, as ripgrep does (a pipeline
+/// under `pipefail` does not fail for a `head`); any other failure to write (a full disk under
+/// `> file`) is an error. Never a panic (println! panics on a closed pipe).
 pub fn out(text: impl AsRef<[u8]>) -> crate::error::Result<()> {
-    match std::io::stdout().lock().write_all(text.as_ref()) {
+    let mut o = std::io::stdout().lock();
+    // flushed here: an error at exit, past the last write, would go unseen
+    match o.write_all(text.as_ref()).and_then(|_| o.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(crate::error::Error::io(
             "cannot write to standard output",
             e,

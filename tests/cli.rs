@@ -155,7 +155,12 @@ mod output {
     fn a_reader_that_stops_early_is_no_crash() {
         use std::process::{Command, Stdio};
         let bin = assert_cmd::cargo::cargo_bin("guard");
-        for args in [&["policy", "list"][..], &["policy", "list", "--json"][..]] {
+        for args in [
+            &["policy", "list"][..],
+            &["policy", "list", "--json"][..],
+            &["completions", "bash"][..],
+            &["man"][..],
+        ] {
             let mut child = Command::new(&bin)
                 .args(args)
                 .env("GUARD_NO_SYSLOG", "1")

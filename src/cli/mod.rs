@@ -574,6 +574,15 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
 }
 
 fn dispatch(cli: Cli) -> Result<i32> {
+    // What was started before parsing (lvm/early.rs) and this command will not use ends now: a
+    // report from before a command's own locks must never serve it.
+    let (report, shell) = match &cli.sub {
+        None | Some(Sub::Snapshot(_) | Sub::Rehearse(_)) => (true, true),
+        Some(Sub::Status { .. }) => (true, false),
+        Some(Sub::Commit { .. } | Sub::Rollback { .. } | Sub::Recover { .. }) => (false, true),
+        Some(_) => (false, false),
+    };
+    crate::lvm::early::keep_only(report, shell);
     let journal = Journal::open_default();
     let lvm = RealLvm::default();
     // The commands that run several lvm2 commands in a row use one lvm shell (lvm/shell.rs),
@@ -607,7 +616,9 @@ fn dispatch(cli: Cli) -> Result<i32> {
             Ok(transaction::copy(&lvm, &journal, &opts))
         }
         Sub::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "guard", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "guard", &mut script);
+            ui::out(script)?;
             Ok(0)
         }
         Sub::Policy { sub } => policy_cmd(sub),
@@ -617,8 +628,10 @@ fn dispatch(cli: Cli) -> Result<i32> {
             crate::watch::background::watch(&lvm, &journal, period, once)
         }
         Sub::Man => {
-            crate::cli::manpage::render(&mut std::io::stdout().lock())
-                .map_err(|e| Error::io("cannot write the man page", e))?;
+            let mut page = Vec::new();
+            crate::cli::manpage::render(&mut page)
+                .map_err(|e| Error::io("cannot render the man page", e))?;
+            ui::out(page)?;
             Ok(0)
         }
         Sub::DmStatus { name } => {

@@ -15,6 +15,8 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
 
+/// When this guard started: the oldest a report it uses can be (see `started`).
+static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
 /// The shell started early, if any.
 static SHELL: Mutex<Option<Shell>> = Mutex::new(None);
 /// The report asked for early: its words and the process producing it.
@@ -28,10 +30,16 @@ struct Guess {
 }
 
 fn guess(args: &[std::ffi::OsString]) -> Guess {
-    // only the commands that run another command take `--`: a guarded run, `snapshot`,
-    // `rehearse`; all of them plan from the full report and go on in the shell
-    let runs_a_command = args.iter().skip(1).any(|a| a == "--");
+    // A guarded run (its first word an option or `--`), `snapshot` and `rehearse` run another
+    // command after `--`; all of them plan from the full report and go on in the shell. Other
+    // subcommands accept `--` too (`guard rollback -- RUN`): the first word decides, and
+    // `keep_only` discards a wrong guess once the arguments are parsed.
     let sub = |names: &[&str]| args.get(1).is_some_and(|a| names.iter().any(|s| a == s));
+    let first_is_option = args
+        .get(1)
+        .is_some_and(|a| a.as_encoded_bytes().starts_with(b"-"));
+    let runs_a_command = args.iter().skip(1).any(|a| a == "--")
+        && (first_is_option || sub(&["snapshot", "rehearse"]));
     Guess {
         report: runs_a_command || sub(&["status"]),
         // commit and rollback read their report under their locks: nothing sent ahead
@@ -39,8 +47,19 @@ fn guess(args: &[std::ffi::OsString]) -> Guess {
     }
 }
 
+/// When guard started, before anything it read of LVM: a volume lock another guard took after
+/// this may have made its plan out of date (run/mod.rs lock_stage looks again). Where `start`
+/// was not called (the library in tests), the epoch: every lock then counts as taken since.
+pub fn started() -> std::time::SystemTime {
+    STARTED
+        .get()
+        .copied()
+        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+}
+
 /// Starts what the arguments call for (see the module's comment), when guard is root.
 pub fn start(args: &[std::ffi::OsString]) {
+    let _ = STARTED.set(std::time::SystemTime::now());
     let g = guess(args);
     if !(g.report || g.shell) || !nix::unistd::geteuid().is_root() {
         return;
@@ -66,15 +85,38 @@ fn set_report(words: Vec<String>, child: Child) {
 }
 
 fn spawn_report(lvm: &Path, words: &[String]) -> Option<Child> {
+    use std::os::unix::process::CommandExt;
     let mut c = crate::exec::system_command("lvm").ok()?;
     debug_assert_eq!(c.get_program(), lvm.as_os_str());
-    c.args(words)
+    let child = c
+        .args(words)
         // not the caller's folder: nothing guard may unmount is pinned
         .current_dir("/")
+        // a group of its own: a Ctrl-Z at the terminal must not stop it holding a VG's lock
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .ok()
+        .ok()?;
+    crate::exec::trace(&format!("early report started: lvm {}", words.join(" ")));
+    Some(child)
+}
+
+/// After parsing: keeps what the command will use and ends the rest (a guess from the raw
+/// arguments can be wrong). A report kept but not taken would come from before the command's
+/// locks: only a guarded run, `snapshot`, `rehearse` and `status` may keep it.
+pub fn keep_only(report: bool, shell: bool) {
+    if !report {
+        if let Some((_, mut child)) = REPORT.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // a read-only lvs: nothing to harm
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    if !shell {
+        // (an unused shell has only been asked `version`: dropping it kills it)
+        drop(SHELL.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
 }
 
 /// The shell started early, if any; else a new one.
@@ -92,13 +134,15 @@ pub fn take_report(words: &[String]) -> Option<Vec<u8>> {
     }
     let (_, child) = slot.take()?;
     let t = std::time::Instant::now();
-    let out = child.wait_with_output().ok()?;
+    let out = child.wait_with_output().ok();
+    let ok = out.as_ref().is_some_and(|o| o.status.success());
     crate::exec::trace(&format!(
-        "early report: lvm {} (waited {:.1} ms)",
+        "early report {}: lvm {} (waited {:.1} ms)",
+        if ok { "used" } else { "failed, run again" },
         words.join(" "),
         t.elapsed().as_secs_f64() * 1000.0
     ));
-    out.status.success().then_some(out.stdout)
+    out.filter(|_| ok).map(|o| o.stdout)
 }
 
 #[cfg(test)]
@@ -162,5 +206,12 @@ mod tests {
         assert_eq!(g(&["guard", "policy", "list"]), none);
         // a run's command named status is no `guard status`
         assert_eq!(g(&["guard", "--", "status"]), both);
+        // `--` in another subcommand's arguments: no report from before its locks
+        assert_eq!(g(&["guard", "rollback", "--", "20261129-000000-ab"]), shell);
+        assert_eq!(
+            g(&["guard", "restore", "20261129-000000-ab", "--", "/etc"]),
+            none
+        );
+        assert_eq!(g(&["guard", "policy", "list", "--"]), none);
     }
 }

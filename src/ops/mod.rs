@@ -70,5 +70,5 @@ fn lock_origins(lvs: &[lvm::Lv], rec: &RunRecord, holder: &str) -> Result<LvLock
             })
         })
         .collect();
-    lock::lock_all(&targets, holder, false).map(|(l, _)| l)
+    lock::lock_all(&targets, holder, false, None).map(|(l, _)| l)
 }

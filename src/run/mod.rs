@@ -633,11 +633,14 @@ fn lock_stage(
         .into_iter()
         .map(|(uuid, name)| LockTarget { uuid, name })
         .collect();
-    let (lvs, waited) = lock::lock_all(&lock_targets, &holder, opts.wait)?;
+    // (the plan's report may have been started with the process: lvm/early.rs)
+    let since = crate::lvm::early::started();
+    let (lvs, contended) = lock::lock_all(&lock_targets, &holder, opts.wait, Some(since))?;
     // and the run itself, for the commands that act on a run by its id
     let run = lock::lock_run(run_id, &holder, false)?;
-    let plan = if waited {
-        // The run we waited for may have left snapshots or a pending merge: look again.
+    let plan = if contended == lock::Contended::Yes {
+        // A run that held a volume since the plan's report (we waited for it, or it came and
+        // went in between) may have left snapshots or a pending merge: look again.
         plan::build(lvm, &crate::mounts::read()?, &opts.request, run_id)?
     } else {
         plan::check_and_size(&planned.resolved, &planned.table, &opts.request, run_id)?

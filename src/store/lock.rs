@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 pub fn lock_dir() -> PathBuf {
     std::env::var_os("GUARD_LOCK_DIR")
@@ -91,9 +92,41 @@ fn mark(f: &mut File, holder: &str) {
     let _ = writeln!(f, "pid {}\n{holder}", std::process::id());
 }
 
-/// Locks every target, in UUID order so that two waiting guards cannot deadlock.
-pub fn lock_all(targets: &[LockTarget], holder: &str, wait: bool) -> Result<(LvLocks, bool)> {
-    lock_all_in(&open_lock_dir()?, targets, holder, wait)
+/// Whether a volume's lock changed hands while the caller was not holding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contended {
+    No,
+    /// Another guard held one of the locks after `since` (or the caller waited for it): what
+    /// the caller read of the volumes before locking may be out of date.
+    Yes,
+}
+
+/// Locks every target, in UUID order so that two waiting guards cannot deadlock. `since`:
+/// when the caller's view of the volumes was taken (a run plans before it locks, from a
+/// report started with the process); a lock another guard took after it counts as contended.
+pub fn lock_all(
+    targets: &[LockTarget],
+    holder: &str,
+    wait: bool,
+    since: Option<SystemTime>,
+) -> Result<(LvLocks, Contended)> {
+    lock_all_in(&open_lock_dir()?, targets, holder, wait, since)
+}
+
+/// Whether the lock file's last holder took it after `since`: every holder writes its name
+/// into the file when it takes the lock (`mark`), so the file's mtime is the last taking. The
+/// lock folder is on tmpfs, whose clock is the kernel's coarse one (a tick behind at most):
+/// 50 ms of slack. More would make back-to-back runs of a pipeline look again for nothing.
+fn taken_after(f: &File, since: Option<SystemTime>) -> bool {
+    let Some(since) = since else { return false };
+    let since = since
+        .checked_sub(Duration::from_millis(50))
+        .unwrap_or(since);
+    // an empty file was never taken (made by this open); unknown counts as taken: the caller
+    // then only looks again
+    f.metadata()
+        .and_then(|m| Ok(m.len() > 0 && m.modified()? >= since))
+        .unwrap_or(true)
 }
 
 fn lock_all_in(
@@ -101,15 +134,21 @@ fn lock_all_in(
     targets: &[LockTarget],
     holder: &str,
     wait: bool,
-) -> Result<(LvLocks, bool)> {
+    since: Option<SystemTime>,
+) -> Result<(LvLocks, Contended)> {
     let mut sorted: Vec<&LockTarget> = targets.iter().collect();
     sorted.sort_by(|a, b| a.uuid.cmp(&b.uuid));
     let mut files = Vec::new();
-    let mut waited = false;
+    let mut contended = Contended::No;
     for t in sorted {
         let name = format!("{}.lock", t.uuid);
         let mut f = match try_lock(dir, &name)? {
-            Got::Locked(f) => f,
+            Got::Locked(f) => {
+                if taken_after(&f, since) {
+                    contended = Contended::Yes;
+                }
+                f
+            }
             Got::Held(f, who) => {
                 if !wait {
                     return Err(Error::refused(
@@ -122,14 +161,14 @@ fn lock_all_in(
                     t.name
                 ));
                 wait_lock(dir, &name, &f)?;
-                waited = true;
+                contended = Contended::Yes;
                 f
             }
         };
         mark(&mut f, holder);
         files.push(f);
     }
-    Ok((LvLocks { _files: files }, waited))
+    Ok((LvLocks { _files: files }, contended))
 }
 
 fn run_lock_name(run_id: &str) -> Result<String> {
@@ -204,10 +243,12 @@ mod tests {
         // an explicit folder: the environment is shared by tests running in parallel
         let dir = secure_dir(&d.path().join("locks"), crate::store::Folder::Runtime).unwrap();
         let t = target;
-        let (held, _) = lock_all_in(&dir, &t(), "guard -- sleep 9", false).unwrap();
+        let (held, _) = lock_all_in(&dir, &t(), "guard -- sleep 9", false, None).unwrap();
         // flock locks belong to the open file description: a second open conflicts even
         // inside one process, as a second guard would.
-        let err = lock_all_in(&dir, &t(), "x", false).unwrap_err().to_string();
+        let err = lock_all_in(&dir, &t(), "x", false, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("vg/a is in use"), "{err}");
         assert!(
             err.contains(&format!("pid {}", std::process::id())),
@@ -215,7 +256,26 @@ mod tests {
         );
         assert!(err.contains("sleep 9"), "{err}");
         drop(held);
-        assert!(lock_all_in(&dir, &t(), "x", false).is_ok());
+        assert!(lock_all_in(&dir, &t(), "x", false, None).is_ok());
+    }
+
+    #[test]
+    fn a_lock_another_guard_took_after_the_callers_report_is_contended() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = secure_dir(&d.path().join("locks"), crate::store::Folder::Runtime).unwrap();
+        let before = SystemTime::now() - Duration::from_secs(60);
+        // the first taking of a volume's lock: nobody held it before
+        let (l, c) = lock_all_in(&dir, &target(), "first", false, Some(before)).unwrap();
+        assert_eq!(c, Contended::No);
+        drop(l);
+        // "first" took it after `before`: what was read then may be out of date
+        let (l, c) = lock_all_in(&dir, &target(), "second", false, Some(before)).unwrap();
+        assert_eq!(c, Contended::Yes);
+        drop(l);
+        // a view taken after the last holder let go is current
+        let later = SystemTime::now() + Duration::from_secs(5);
+        let (_l, c) = lock_all_in(&dir, &target(), "third", false, Some(later)).unwrap();
+        assert_eq!(c, Contended::No);
     }
 
     #[test]
@@ -225,7 +285,7 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         let dir = secure_dir(&d.path().join("locks"), Folder::Runtime).unwrap();
         std::os::unix::fs::symlink(&victim, dir.join("u1.lock")).unwrap();
-        let err = lock_all_in(&dir, &target(), "guard -- x", false)
+        let err = lock_all_in(&dir, &target(), "guard -- x", false, None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("u1.lock is a symlink"), "{err}");
@@ -282,7 +342,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("locks");
         let dir = secure_dir(&p, Folder::Runtime).unwrap();
-        let _l = lock_all_in(&dir, &target(), "guard -- secret", false).unwrap();
+        let _l = lock_all_in(&dir, &target(), "guard -- secret", false, None).unwrap();
         let _r = lock_run_in(&dir, "20261127-101010-abcd", "guard commit", false).unwrap();
         let mode = |p: PathBuf| std::fs::metadata(p).unwrap().mode() & 0o7777;
         assert_eq!(mode(p.clone()), 0o700);

@@ -13,7 +13,7 @@ mkfs_lv data 32M /mnt/data
 echo old > /mnt/data/f; umount /mnt/data
 GUARD_TRACE=1 guard --lv vg/data -- sh -c "$(inside 'echo new > /mnt/x/f')" > t1 2>&1; rc=$?
 check_eq "a succeeding run exits 0" "$rc" 0
-check_out "it planned from the LV report started before its arguments were parsed" t1 "early report: lvm lvs -a"
+check_out "it planned from the LV report started before its arguments were parsed" t1 "early report used: lvm lvs -a"
 check_out "its snapshot was made in the shell" t1 "lvm shell: lvcreate .*vg/data"
 check_out "and removed there" t1 "lvm shell: lvremove"
 check "no lvm process of its own was run" sh -c "! grep -q 'guard-trace.*/sbin/lvm ' t1"
@@ -69,11 +69,13 @@ guard -q --lv vg/data --keep 1h -- true > o 2>&1
 run=$(ls /var/lib/guard/runs | sed -n 's/\.json$//p' | head -1)
 GUARD_TRACE=1 guard status > s 2>&1; rc=$?
 check_eq "guard status exits 0" "$rc" 0
-check_out "it read the LV report started before its arguments were parsed" s "early report: lvm lvs -a"
+check_out "it read the LV report started before its arguments were parsed" s "early report used: lvm lvs -a"
 check "and started no lvm shell for its one command" sh -c "! grep -q 'lvm shell' s"
 check_out "and shows the kept run" s "$run"
-GUARD_TRACE=1 guard commit "$run" > c 2>&1; rc=$?
+# (`--` before the run id: a raw argument guard's early start must not read as a guarded run)
+GUARD_TRACE=1 guard commit -- "$run" > c 2>&1; rc=$?
 check_eq "guard commit exits 0" "$rc" 0
+check "it used no LV report from before its lock" sh -c "! grep -q 'early report' c"
 check_out "its lvremove ran in the shell" c "lvm shell: lvremove"
 check_eq "no snapshot is left" "$(lvs --noheadings -a vg | grep -c guard)" 0
 end
