@@ -176,4 +176,25 @@ mod output {
             assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         }
     }
+
+    /// A reader still there that cannot take it (a full disk) is a failure, said as one.
+    #[test]
+    fn output_that_cannot_be_written_is_an_error() {
+        let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+            return; // no /dev/full here: nothing to show it with
+        };
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("guard"))
+            .args(["policy", "list"])
+            .env("GUARD_NO_SYSLOG", "1")
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("cannot write to standard output"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -573,15 +573,20 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     }
 }
 
-fn dispatch(cli: Cli) -> Result<i32> {
-    // What was started before parsing (lvm/early.rs) and this command will not use ends now: a
-    // report from before a command's own locks must never serve it.
-    let (report, shell) = match &cli.sub {
+/// What a command uses of what was started before parsing (lvm/early.rs): the LV report, the
+/// lvm shell. The rest ends once the command is known: a report from before a command's own
+/// locks must never serve it (commit, rollback and recover read theirs under their locks).
+fn early_use(sub: Option<&Sub>) -> (bool, bool) {
+    match sub {
         None | Some(Sub::Snapshot(_) | Sub::Rehearse(_)) => (true, true),
         Some(Sub::Status { .. }) => (true, false),
         Some(Sub::Commit { .. } | Sub::Rollback { .. } | Sub::Recover { .. }) => (false, true),
         Some(_) => (false, false),
-    };
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
+    let (report, shell) = early_use(cli.sub.as_ref());
     crate::lvm::early::keep_only(report, shell);
     let journal = Journal::open_default();
     let lvm = RealLvm::default();
@@ -958,6 +963,25 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_commands_that_plan_before_locking_use_the_early_report() {
+        let uses = |args: &[&str]| early_use(Cli::try_parse_from(args).unwrap().sub.as_ref());
+        let id = "20261129-000000-0123456789abcdef";
+        assert_eq!(uses(&["guard", "--lv", "vg/a", "--", "true"]), (true, true));
+        assert_eq!(uses(&["guard", "status"]), (true, false));
+        for c in ["commit", "rollback"] {
+            // however the arguments are written
+            assert_eq!(uses(&["guard", c, "--", id]), (false, true), "{c}");
+            assert_eq!(uses(&["guard", c, id]), (false, true), "{c}");
+        }
+        assert_eq!(uses(&["guard", "recover"]), (false, true));
+        assert_eq!(
+            uses(&["guard", "restore", id, "--", "/etc"]),
+            (false, false)
+        );
+        assert_eq!(uses(&["guard", "watch", "--once"]), (false, false));
     }
 
     #[test]

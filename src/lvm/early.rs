@@ -108,9 +108,10 @@ fn spawn_report(lvm: &Path, words: &[String]) -> Option<Child> {
 pub fn keep_only(report: bool, shell: bool) {
     if !report {
         if let Some((_, mut child)) = REPORT.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            // a read-only lvs: nothing to harm
+            // a read-only lvs: nothing to harm. Not waited for: one stuck in the kernel must
+            // not stop the command (what is left of it ends with guard)
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = child.try_wait();
         }
     }
     if !shell {

@@ -641,7 +641,22 @@ fn lock_stage(
     let plan = if contended == lock::Contended::Yes {
         // A run that held a volume since the plan's report (we waited for it, or it came and
         // went in between) may have left snapshots or a pending merge: look again.
-        plan::build(lvm, &crate::mounts::read()?, &opts.request, run_id)?
+        let table = crate::mounts::read()?;
+        let again = plan::resolve(lvm, &table, &opts.request)?;
+        // the volumes locked are the ones acted on: a name that now means another LV (removed
+        // and made again meanwhile) is not taken over unlocked
+        let uuids = |v: Vec<(String, String)>| {
+            v.into_iter()
+                .map(|(u, _)| u)
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        if uuids(again.volumes()) != uuids(planned.resolved.volumes()) {
+            return Err(Error::refused(
+                "the volumes named changed while guard waited for their locks (another LV now has one of their names); nothing was changed",
+                "look at `lvs` and run again",
+            ));
+        }
+        plan::check_and_size(&again, &table, &opts.request, run_id)?
     } else {
         plan::check_and_size(&planned.resolved, &planned.table, &opts.request, run_id)?
     };

@@ -29,7 +29,17 @@ pub fn open_lock_dir() -> Result<SecureDir> {
 /// Held locks; dropping it releases them.
 #[derive(Debug)]
 pub struct LvLocks {
-    _files: Vec<File>,
+    files: Vec<File>,
+}
+
+impl Drop for LvLocks {
+    fn drop(&mut self) {
+        // emptied before the lock goes (see `taken_after`): the next taker sees when, and that
+        // its holder let go rather than died
+        for f in &self.files {
+            let _ = f.set_len(0);
+        }
+    }
 }
 
 /// A held run lock; dropping it releases it.
@@ -113,19 +123,22 @@ pub fn lock_all(
     lock_all_in(&open_lock_dir()?, targets, holder, wait, since)
 }
 
-/// Whether the lock file's last holder took it after `since`: every holder writes its name
-/// into the file when it takes the lock (`mark`), so the file's mtime is the last taking. The
-/// lock folder is on tmpfs, whose clock is the kernel's coarse one (a tick behind at most):
-/// 50 ms of slack. More would make back-to-back runs of a pipeline look again for nothing.
+/// Whether the lock changed hands after `since`: every holder writes its name into the file
+/// when it takes the lock (`mark`) and empties it when it lets go (`LvLocks`'s drop), and both
+/// set the file's mtime. So a file that still names a holder had one that died holding it, and
+/// an mtime after `since` means a holder took or let go of it since (a file made by this open
+/// counts too: the first run on a volume after boot looks again once). Only the mtime is
+/// needed: a full tmpfs makes the name's write fail, never the truncation. The lock folder is
+/// on tmpfs, whose clock is the kernel's coarse one (a tick behind at most): 50 ms of slack;
+/// more would make back-to-back runs of a pipeline look again for nothing.
 fn taken_after(f: &File, since: Option<SystemTime>) -> bool {
     let Some(since) = since else { return false };
     let since = since
         .checked_sub(Duration::from_millis(50))
         .unwrap_or(since);
-    // an empty file was never taken (made by this open); unknown counts as taken: the caller
-    // then only looks again
+    // unknown counts as taken: the caller then only looks again
     f.metadata()
-        .and_then(|m| Ok(m.len() > 0 && m.modified()? >= since))
+        .and_then(|m| Ok(m.len() > 0 || m.modified()? >= since))
         .unwrap_or(true)
 }
 
@@ -168,7 +181,7 @@ fn lock_all_in(
         mark(&mut f, holder);
         files.push(f);
     }
-    Ok((LvLocks { _files: files }, contended))
+    Ok((LvLocks { files }, contended))
 }
 
 fn run_lock_name(run_id: &str) -> Result<String> {
@@ -260,22 +273,47 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_another_guard_took_after_the_callers_report_is_contended() {
+    fn a_lock_that_changed_hands_after_the_callers_report_is_contended() {
         let d = tempfile::tempdir().unwrap();
         let dir = secure_dir(&d.path().join("locks"), crate::store::Folder::Runtime).unwrap();
-        let before = SystemTime::now() - Duration::from_secs(60);
-        // the first taking of a volume's lock: nobody held it before
-        let (l, c) = lock_all_in(&dir, &target(), "first", false, Some(before)).unwrap();
+        let ms = Duration::from_millis;
+        // (another test's child between fork and exec can hold a copy of the descriptor for a
+        // moment after a drop: a retry, not a failure)
+        let lock = |since| {
+            let mut tries = 0;
+            loop {
+                match lock_all_in(&dir, &target(), "x", false, Some(since)) {
+                    Ok(l) => return l,
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        assert!(e.to_string().contains("in use"), "{e}");
+                        std::thread::sleep(ms(10));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        // taken and let go before the caller's view: current
+        drop(lock(SystemTime::now()));
+        std::thread::sleep(ms(100));
+        let (l, c) = lock(SystemTime::now());
         assert_eq!(c, Contended::No);
+        // another guard held it after the caller's view
+        let view = SystemTime::now();
         drop(l);
-        // "first" took it after `before`: what was read then may be out of date
-        let (l, c) = lock_all_in(&dir, &target(), "second", false, Some(before)).unwrap();
-        assert_eq!(c, Contended::Yes);
-        drop(l);
-        // a view taken after the last holder let go is current
-        let later = SystemTime::now() + Duration::from_secs(5);
-        let (_l, c) = lock_all_in(&dir, &target(), "third", false, Some(later)).unwrap();
-        assert_eq!(c, Contended::No);
+        assert_eq!(lock(view).1, Contended::Yes);
+        // taken before the view, let go after it (a run that made a kept snapshot meanwhile)
+        let (other, _) = lock(SystemTime::now());
+        std::thread::sleep(ms(100));
+        let view = SystemTime::now();
+        std::thread::sleep(ms(100));
+        drop(other);
+        assert_eq!(lock(view).1, Contended::Yes);
+        // a holder that died holding it (its name still there) let go at an unknown time
+        std::thread::sleep(ms(100));
+        let later = SystemTime::now();
+        std::fs::write(dir.join("u1.lock"), "pid 1\nkilled\n").unwrap();
+        assert_eq!(lock(later + ms(500)).1, Contended::Yes);
     }
 
     #[test]
