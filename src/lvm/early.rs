@@ -5,7 +5,9 @@
 //!
 //! Two things can be started:
 //! - the full LV report (`lvs -a`, JSON), as a process of its own. A guarded run plans from it
-//!   before it locks anything, as it would a moment later; `status` only shows it. A process,
+//!   before it locks anything, as it would a moment later, and plans again if a volume's lock
+//!   changed hands since guard started (store/lock.rs `taken_after`); `status` only shows it.
+//!   Commands that read LVM under their own locks never use it (`keep_only`). A process,
 //!   not a command in the shell: the shell's own start-up (lvm2 defines all its commands
 //!   before it reads the first line; a bare command defines only its own) costs ~90 ms more
 //!   than a bare `lvm` process, and the report runs beside it on another CPU.
