@@ -61,7 +61,7 @@ pub fn started() -> std::time::SystemTime {
 
 /// Starts what the arguments call for (see the module's comment), when guard is root.
 pub fn start(args: &[std::ffi::OsString]) {
-    let _ = STARTED.set(std::time::SystemTime::now());
+    let _ = STARTED.set(crate::store::lock::clock());
     let g = guess(args);
     if !(g.report || g.shell) || !nix::unistd::geteuid().is_root() {
         return;

@@ -641,6 +641,9 @@ fn lock_stage(
     let plan = if contended == lock::Contended::Yes {
         // A run that held a volume since the plan's report (we waited for it, or it came and
         // went in between) may have left snapshots or a pending merge: look again.
+        crate::exec::trace(
+            "run: a volume's lock changed hands since guard started: planning again",
+        );
         let table = crate::mounts::read()?;
         let again = plan::resolve(lvm, &table, &opts.request)?;
         // the volumes locked are the ones acted on: a name that now means another LV (removed

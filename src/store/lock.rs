@@ -126,20 +126,32 @@ pub fn lock_all(
 /// Whether the lock changed hands after `since`: every holder writes its name into the file
 /// when it takes the lock (`mark`) and empties it when it lets go (`LvLocks`'s drop), and both
 /// set the file's mtime. So a file that still names a holder had one that died holding it, and
-/// an mtime after `since` means a holder took or let go of it since (a file made by this open
-/// counts too: the first run on a volume after boot looks again once). Only the mtime is
-/// needed: a full tmpfs makes the name's write fail, never the truncation. The lock folder is
-/// on tmpfs, whose clock is the kernel's coarse one (a tick behind at most): 50 ms of slack;
-/// more would make back-to-back runs of a pipeline look again for nothing.
+/// an mtime at or after `since` means a holder took or let go of it since (a file made by this
+/// open counts too: the first run on a volume after boot looks again once). Only the mtime is
+/// needed: a full tmpfs makes the name's write fail, never the truncation. `since` must come
+/// from `clock`, the clock the kernel stamps files with: no slack is then needed either way.
 fn taken_after(f: &File, since: Option<SystemTime>) -> bool {
     let Some(since) = since else { return false };
-    let since = since
-        .checked_sub(Duration::from_millis(50))
-        .unwrap_or(since);
     // unknown counts as taken: the caller then only looks again
     f.metadata()
         .and_then(|m| Ok(m.len() > 0 || m.modified()? >= since))
         .unwrap_or(true)
+}
+
+/// Now, on the clock file times are taken from (the kernel's coarse real-time clock, up to a
+/// tick behind the precise one): what happens after this call has an mtime at or after it.
+/// (A precise `since` could be a tick later than the mtime of a lock taken after it; a slack
+/// for that would make back-to-back runs of a pipeline look again for nothing.)
+pub fn clock() -> SystemTime {
+    use nix::time::{clock_gettime, ClockId};
+    clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
+        .ok()
+        .and_then(|t| {
+            let d = Duration::new(u64::try_from(t.tv_sec()).ok()?, t.tv_nsec() as u32);
+            SystemTime::UNIX_EPOCH.checked_add(d)
+        })
+        // never later than the truth: a precise reading less a tick of the slowest clock
+        .unwrap_or_else(|| SystemTime::now() - Duration::from_millis(10))
 }
 
 fn lock_all_in(
@@ -294,24 +306,24 @@ mod tests {
             }
         };
         // taken and let go before the caller's view: current
-        drop(lock(SystemTime::now()));
+        drop(lock(clock()));
         std::thread::sleep(ms(100));
-        let (l, c) = lock(SystemTime::now());
+        let (l, c) = lock(clock());
         assert_eq!(c, Contended::No);
         // another guard held it after the caller's view
-        let view = SystemTime::now();
+        let view = clock();
         drop(l);
         assert_eq!(lock(view).1, Contended::Yes);
         // taken before the view, let go after it (a run that made a kept snapshot meanwhile)
-        let (other, _) = lock(SystemTime::now());
+        let (other, _) = lock(clock());
         std::thread::sleep(ms(100));
-        let view = SystemTime::now();
+        let view = clock();
         std::thread::sleep(ms(100));
         drop(other);
         assert_eq!(lock(view).1, Contended::Yes);
         // a holder that died holding it (its name still there) let go at an unknown time
         std::thread::sleep(ms(100));
-        let later = SystemTime::now();
+        let later = clock();
         std::fs::write(dir.join("u1.lock"), "pid 1\nkilled\n").unwrap();
         assert_eq!(lock(later + ms(500)).1, Contended::Yes);
     }
