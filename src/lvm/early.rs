@@ -18,7 +18,7 @@ use std::process::{Child, Stdio};
 use std::sync::Mutex;
 
 /// When this guard started: the oldest a report it uses can be (see `started`).
-static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+static STARTED: std::sync::OnceLock<crate::store::lock::Since> = std::sync::OnceLock::new();
 /// The shell started early, if any.
 static SHELL: Mutex<Option<Shell>> = Mutex::new(None);
 /// The report asked for early: its words and the process producing it.
@@ -50,18 +50,15 @@ fn guess(args: &[std::ffi::OsString]) -> Guess {
 }
 
 /// When guard started, before anything it read of LVM: a volume lock another guard took after
-/// this may have made its plan out of date (run/mod.rs lock_stage looks again). Where `start`
-/// was not called (the library in tests), the epoch: every lock then counts as taken since.
-pub fn started() -> std::time::SystemTime {
-    STARTED
-        .get()
-        .copied()
-        .unwrap_or(std::time::SystemTime::UNIX_EPOCH)
+/// this may have made its plan out of date (run/mod.rs lock_stage looks again). None where
+/// `start` was not called (the library in tests): every lock then counts as taken since.
+pub fn started() -> Option<crate::store::lock::Since> {
+    STARTED.get().copied()
 }
 
 /// Starts what the arguments call for (see the module's comment), when guard is root.
 pub fn start(args: &[std::ffi::OsString]) {
-    let _ = STARTED.set(crate::store::lock::clock());
+    let _ = STARTED.set(crate::store::lock::Since::now());
     let g = guess(args);
     if !(g.report || g.shell) || !nix::unistd::geteuid().is_root() {
         return;

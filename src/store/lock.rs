@@ -99,7 +99,11 @@ fn wait_lock(dir: &SecureDir, name: &str, f: &File) -> Result<()> {
 fn mark(f: &mut File, holder: &str) {
     f.set_len(0).ok();
     f.rewind().ok();
-    let _ = writeln!(f, "pid {}\n{holder}", std::process::id());
+    if writeln!(f, "pid {}\n{holder}", std::process::id()).is_err() {
+        // (a full tmpfs, which any user can fill through /run/lock) the file must still not
+        // read as let go should this holder die (see `taken_after`): growing it takes no space
+        let _ = f.set_len(1);
+    }
 }
 
 /// Whether a volume's lock changed hands while the caller was not holding it.
@@ -118,40 +122,66 @@ pub fn lock_all(
     targets: &[LockTarget],
     holder: &str,
     wait: bool,
-    since: Option<SystemTime>,
+    since: Option<Since>,
 ) -> Result<(LvLocks, Contended)> {
     lock_all_in(&open_lock_dir()?, targets, holder, wait, since)
 }
 
+/// A moment on two clocks: the one the kernel stamps files with (the coarse real-time clock)
+/// and the boot clock, which no one can set, to tell when the first was stepped back.
+#[derive(Debug, Clone, Copy)]
+pub struct Since {
+    wall: SystemTime,
+    boot: Duration,
+}
+
+impl Since {
+    /// Now. What happens after this call has an mtime at or after `wall`, unless the clock is
+    /// set back meanwhile (see `stepped_back`). (A precise reading could be a tick later than
+    /// the mtime of a lock taken after it; a slack for that would make back-to-back runs of a
+    /// pipeline look again for nothing.)
+    pub fn now() -> Since {
+        use nix::time::{clock_gettime, ClockId};
+        let read = |c| {
+            clock_gettime(c).ok().and_then(|t| {
+                Some(Duration::new(
+                    u64::try_from(t.tv_sec()).ok()?,
+                    u32::try_from(t.tv_nsec()).ok()?,
+                ))
+            })
+        };
+        Since {
+            // unreadable: the epoch, and every lock counts as taken since
+            wall: read(ClockId::CLOCK_REALTIME_COARSE)
+                .and_then(|d| SystemTime::UNIX_EPOCH.checked_add(d))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            boot: read(ClockId::CLOCK_BOOTTIME).unwrap_or_default(),
+        }
+    }
+
+    /// Whether the wall clock went back since (an NTP step, `date -s`): file times after this
+    /// moment may then read as before it. Slewing (at most 500 ppm) and the coarse clock's
+    /// tick are inside the 50 ms allowed.
+    fn stepped_back(&self) -> bool {
+        let now = Since::now();
+        let wall = now.wall.duration_since(self.wall).unwrap_or_default();
+        let boot = now.boot.saturating_sub(self.boot);
+        wall + Duration::from_millis(50) + boot / 1000 < boot
+    }
+}
+
 /// Whether the lock changed hands after `since`: every holder writes its name into the file
 /// when it takes the lock (`mark`) and empties it when it lets go (`LvLocks`'s drop), and both
-/// set the file's mtime. So a file that still names a holder had one that died holding it, and
-/// an mtime at or after `since` means a holder took or let go of it since (a file made by this
-/// open counts too: the first run on a volume after boot looks again once). Only the mtime is
-/// needed: a full tmpfs makes the name's write fail, never the truncation. `since` must come
-/// from `clock`, the clock the kernel stamps files with: no slack is then needed either way.
-fn taken_after(f: &File, since: Option<SystemTime>) -> bool {
+/// set the file's mtime (ftruncate stamps it even when the size does not change). So a file
+/// that still names a holder had one that died holding it, and an mtime at or after `since`
+/// means a holder took or let go of it since (a file made by this open counts too: the first
+/// run on a volume after boot looks again once).
+fn taken_after(f: &File, since: Option<&Since>) -> bool {
     let Some(since) = since else { return false };
     // unknown counts as taken: the caller then only looks again
     f.metadata()
-        .and_then(|m| Ok(m.len() > 0 || m.modified()? >= since))
+        .and_then(|m| Ok(m.len() > 0 || m.modified()? >= since.wall))
         .unwrap_or(true)
-}
-
-/// Now, on the clock file times are taken from (the kernel's coarse real-time clock, up to a
-/// tick behind the precise one): what happens after this call has an mtime at or after it.
-/// (A precise `since` could be a tick later than the mtime of a lock taken after it; a slack
-/// for that would make back-to-back runs of a pipeline look again for nothing.)
-pub fn clock() -> SystemTime {
-    use nix::time::{clock_gettime, ClockId};
-    clock_gettime(ClockId::CLOCK_REALTIME_COARSE)
-        .ok()
-        .and_then(|t| {
-            let d = Duration::new(u64::try_from(t.tv_sec()).ok()?, t.tv_nsec() as u32);
-            SystemTime::UNIX_EPOCH.checked_add(d)
-        })
-        // never later than the truth: a precise reading less a tick of the slowest clock
-        .unwrap_or_else(|| SystemTime::now() - Duration::from_millis(10))
 }
 
 fn lock_all_in(
@@ -159,17 +189,22 @@ fn lock_all_in(
     targets: &[LockTarget],
     holder: &str,
     wait: bool,
-    since: Option<SystemTime>,
+    since: Option<Since>,
 ) -> Result<(LvLocks, Contended)> {
     let mut sorted: Vec<&LockTarget> = targets.iter().collect();
     sorted.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-    let mut files = Vec::new();
+    // held in an LvLocks from the first: a refusal part-way lets go of the others as a release
+    // does (emptied, so the next taker does not think their holder died)
+    let mut held = LvLocks { files: Vec::new() };
     let mut contended = Contended::No;
+    if since.is_some_and(|s| s.stepped_back()) {
+        contended = Contended::Yes;
+    }
     for t in sorted {
         let name = format!("{}.lock", t.uuid);
         let mut f = match try_lock(dir, &name)? {
             Got::Locked(f) => {
-                if taken_after(&f, since) {
+                if taken_after(&f, since.as_ref()) {
                     contended = Contended::Yes;
                 }
                 f
@@ -191,9 +226,9 @@ fn lock_all_in(
             }
         };
         mark(&mut f, holder);
-        files.push(f);
+        held.files.push(f);
     }
-    Ok((LvLocks { files }, contended))
+    Ok((held, contended))
 }
 
 fn run_lock_name(run_id: &str) -> Result<String> {
@@ -285,8 +320,45 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_that_changed_hands_after_the_callers_report_is_contended() {
+    fn a_refusal_part_way_lets_go_of_the_others_as_a_release_does() {
         let d = tempfile::tempdir().unwrap();
+        let dir = secure_dir(&d.path().join("locks"), crate::store::Folder::Runtime).unwrap();
+        let t = |u: &str| LockTarget {
+            uuid: u.into(),
+            name: format!("vg/{u}"),
+        };
+        let (_other, _) = lock_all_in(&dir, &[t("u2")], "other", false, None).unwrap();
+        let err = lock_all_in(&dir, &[t("u1"), t("u2")], "x", false, None).unwrap_err();
+        assert!(err.to_string().contains("vg/u2 is in use"), "{err}");
+        // u1 was taken and marked first: emptied on the way out, not left naming a holder
+        let len = std::fs::metadata(dir.join("u1.lock")).unwrap().len();
+        assert_eq!(len, 0);
+    }
+
+    #[test]
+    fn a_wall_clock_set_back_is_seen_on_the_boot_clock() {
+        let now = Since::now();
+        assert!(!now.stepped_back());
+        // a second ago on the boot clock, ten seconds ahead on the wall clock: since then the
+        // wall clock went back
+        let before = Since {
+            wall: now.wall + Duration::from_secs(10),
+            boot: now.boot.saturating_sub(Duration::from_secs(1)),
+        };
+        assert!(before.stepped_back());
+        let honest = Since {
+            wall: now.wall - Duration::from_secs(1),
+            boot: now.boot.saturating_sub(Duration::from_secs(1)),
+        };
+        assert!(!honest.stepped_back());
+    }
+
+    #[test]
+    fn a_lock_that_changed_hands_after_the_callers_report_is_contended() {
+        // tmpfs where there is one, as /run/lock is
+        let d = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
         let dir = secure_dir(&d.path().join("locks"), crate::store::Folder::Runtime).unwrap();
         let ms = Duration::from_millis;
         // (another test's child between fork and exec can hold a copy of the descriptor for a
@@ -306,26 +378,27 @@ mod tests {
             }
         };
         // taken and let go before the caller's view: current
-        drop(lock(clock()));
+        drop(lock(Since::now()));
         std::thread::sleep(ms(100));
-        let (l, c) = lock(clock());
+        let (l, c) = lock(Since::now());
         assert_eq!(c, Contended::No);
         // another guard held it after the caller's view
-        let view = clock();
+        let view = Since::now();
         drop(l);
         assert_eq!(lock(view).1, Contended::Yes);
         // taken before the view, let go after it (a run that made a kept snapshot meanwhile)
-        let (other, _) = lock(clock());
+        let (other, _) = lock(Since::now());
         std::thread::sleep(ms(100));
-        let view = clock();
+        let view = Since::now();
         std::thread::sleep(ms(100));
         drop(other);
         assert_eq!(lock(view).1, Contended::Yes);
         // a holder that died holding it (its name still there) let go at an unknown time
         std::thread::sleep(ms(100));
-        let later = clock();
+        let mut later = Since::now();
+        later.wall += ms(500);
         std::fs::write(dir.join("u1.lock"), "pid 1\nkilled\n").unwrap();
-        assert_eq!(lock(later + ms(500)).1, Contended::Yes);
+        assert_eq!(lock(later).1, Contended::Yes);
     }
 
     #[test]
