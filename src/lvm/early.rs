@@ -50,10 +50,13 @@ fn guess(args: &[std::ffi::OsString]) -> Guess {
 }
 
 /// When guard started, before anything it read of LVM: a volume lock another guard took after
-/// this may have made its plan out of date (run/mod.rs lock_stage looks again). None where
-/// `start` was not called (the library in tests): every lock then counts as taken since.
-pub fn started() -> Option<crate::store::lock::Since> {
-    STARTED.get().copied()
+/// this may have made its plan out of date (run/mod.rs lock_stage looks again). Where `start`
+/// was not called (the library in tests), the epoch: every lock then counts as taken since.
+pub fn started() -> crate::store::lock::Since {
+    STARTED
+        .get()
+        .copied()
+        .unwrap_or(crate::store::lock::Since::EPOCH)
 }
 
 /// Starts what the arguments call for (see the module's comment), when guard is root.
@@ -68,7 +71,7 @@ pub fn start(args: &[std::ffi::OsString]) {
     };
     if g.report {
         let words = super::real::RealLvm::lvs_words();
-        if let Some(child) = spawn_report(&lvm, &words) {
+        if let Some(child) = spawn_report(&words) {
             set_report(words, child);
         }
     }
@@ -83,11 +86,10 @@ fn set_report(words: Vec<String>, child: Child) {
     *REPORT.lock().unwrap_or_else(|p| p.into_inner()) = Some((words, child));
 }
 
-fn spawn_report(lvm: &Path, words: &[String]) -> Option<Child> {
+fn spawn_report(words: &[String]) -> Option<Child> {
     use std::os::unix::process::CommandExt;
-    let mut c = crate::exec::system_command("lvm").ok()?;
-    debug_assert_eq!(c.get_program(), lvm.as_os_str());
-    let child = c
+    let child = crate::exec::system_command("lvm")
+        .ok()?
         .args(words)
         // not the caller's folder: nothing guard may unmount is pinned
         .current_dir("/")

@@ -76,7 +76,8 @@ fn snapshot_status(lvs: &[Lv], rec: &RunRecord) -> Vec<SnapshotStatus> {
 }
 
 pub fn collect(lvm: &dyn Lvm, journal: &Journal, all: bool) -> Result<Status> {
-    // The journal first: guard's LV report is already on its way (lvm/early.rs), and reading the runs overlaps it.
+    // The journal first: guard's LV report is already on its way (lvm/early.rs), and reading
+    // the runs overlaps it.
     let (records, problems) = journal.list();
     crate::exec::trace("status: journal read");
     let lvs = lvm.lvs()?;

@@ -634,14 +634,8 @@ fn lock_stage(
         .map(|(uuid, name)| LockTarget { uuid, name })
         .collect();
     // (the plan's report may have been started with the process: lvm/early.rs)
-    let (lvs, contended) = match crate::lvm::early::started() {
-        Some(since) => lock::lock_all(&lock_targets, &holder, opts.wait, Some(since))?,
-        // not known when the plan's report was started: look again
-        None => (
-            lock::lock_all(&lock_targets, &holder, opts.wait, None)?.0,
-            lock::Contended::Yes,
-        ),
-    };
+    let since = crate::lvm::early::started();
+    let (lvs, contended) = lock::lock_all(&lock_targets, &holder, opts.wait, Some(since))?;
     // and the run itself, for the commands that act on a run by its id
     let run = lock::lock_run(run_id, &holder, false)?;
     let plan = if contended == lock::Contended::Yes {

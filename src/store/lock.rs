@@ -136,6 +136,12 @@ pub struct Since {
 }
 
 impl Since {
+    /// Before anything: every lock counts as taken since.
+    pub const EPOCH: Since = Since {
+        wall: SystemTime::UNIX_EPOCH,
+        boot: Duration::ZERO,
+    };
+
     /// Now. What happens after this call has an mtime at or after `wall`, unless the clock is
     /// set back meanwhile (see `stepped_back`). (A precise reading could be a tick later than
     /// the mtime of a lock taken after it; a slack for that would make back-to-back runs of a
