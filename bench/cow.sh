@@ -60,19 +60,25 @@ done
 echo; echo "== a kept run's background watcher: ${MIB} MiB written after the run ended =="
 echo "   (it cannot pause writers: it never stops production; so it needs a start that outlasts one lvextend)"
 printf '%-9s %-7s %-9s %-8s %-9s %s\n' "rate" "start" "snapshot" "used" "size" "ratio"
-for c in 8:4 0:16; do
+# rate 0: as fast as one fsynced writer goes; burst: buffered, then `sync` (writeback at full speed)
+for c in 8:4 0:16 burst:4; do
   r=${c%%:*}; st0=${c##*:}
   fresh; mkfs_lv data 600M /mnt/data
   guard -q --lv vg/data --size ${st0}M --keep 1h -- true >/dev/null 2>&1
   sleep 2
-  write_rate /mnt/data/f $MIB $r; sync; sleep 3
+  if [ "$r" = burst ]; then
+    dd if=/dev/zero of=/mnt/data/f bs=1M count=$MIB 2>/dev/null
+  else
+    write_rate /mnt/data/f $MIB $r
+  fi
+  sync; sleep 3
   snap=$(lvs --noheadings -o lv_name @guard | tr -d ' ' | head -1)
   st=$(dmsetup status vg-$(echo $snap | sed 's/-/--/g') | awk '{print $4}')
   if [ "$st" = Invalid ]; then
-    printf '%-9s %-7s %-9s\n' "${r}MiB/s" "${st0}MiB" INVALID
+    printf '%-9s %-7s %-9s\n' "$r$([ "$r" = burst ] || echo MiB/s)" "${st0}MiB" INVALID
   else
     usedb=$(( $(echo "$st" | cut -d/ -f1) * 512 )); sizeb=$(( $(echo "$st" | cut -d/ -f2) * 512 ))
-    printf '%-9s %-7s %-9s %-8s %-9s %s\n' "${r}MiB/s" "${st0}MiB" valid "$((usedb/1048576))MiB" "$((sizeb/1048576))MiB" "$(ratio $sizeb $usedb)"
+    printf '%-9s %-7s %-9s %-8s %-9s %s\n' "$r$([ "$r" = burst ] || echo MiB/s)" "${st0}MiB" valid "$((usedb/1048576))MiB" "$((sizeb/1048576))MiB" "$(ratio $sizeb $usedb)"
   fi
   pkill -f 'guard watch' 2>/dev/null || true
 done

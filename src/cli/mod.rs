@@ -871,6 +871,24 @@ fn commit_run(
     }
 }
 
+/// The error for a run with a volume that could not be rolled back (its snapshot invalidated
+/// or gone), if it has one.
+fn lost_rollback_point(rec: &crate::store::journal::RunRecord) -> Result<()> {
+    match rec
+        .targets
+        .iter()
+        .find(|t| t.rollback == Some(crate::model::TargetState::Impossible))
+    {
+        Some(t) => Err(Error::Other(format!(
+            "{}/{} cannot be rolled back: {}",
+            t.vg,
+            t.lv,
+            t.note.as_deref().unwrap_or("its snapshot is gone")
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn rollback_cmd(
     lvm: &RealLvm,
     journal: &Journal,
@@ -887,6 +905,8 @@ fn rollback_cmd(
             if rec.phase == Phase::RollbackScheduled {
                 crate::watch::background::hand_off(&rec.id);
             }
+            // an invalidated snapshot was removed, nothing merged: not a success to a pipeline
+            lost_rollback_point(rec)?;
             Ok(0)
         }
         Phase::RollbackScheduled if finish => {
@@ -903,18 +923,7 @@ fn rollback_cmd(
                     "reboot: the merge completes when the root volume is activated at boot",
                 ));
             }
-            if let Some(t) = rec
-                .targets
-                .iter()
-                .find(|t| t.rollback == Some(crate::model::TargetState::Impossible))
-            {
-                return Err(Error::Other(format!(
-                    "{}/{} cannot be rolled back: {}",
-                    t.vg,
-                    t.lv,
-                    t.note.as_deref().unwrap_or("its snapshot is gone")
-                )));
-            }
+            lost_rollback_point(rec)?;
             // the services the policy stops around a rollback start again on the merged data
             let env = crate::run::hooks::HookEnv::for_record(rec);
             crate::run::hooks::run_point_reporting(

@@ -501,6 +501,8 @@ fn apply(lvm: &dyn Lvm, journal: &Journal, rec: &mut RunRecord, sum: &mut Summar
         rec.on_failure.as_str()
     };
     if policy == "keep" {
+        // as a run kept at its end: room for a burst before the background watcher has it
+        crate::watch::background::room_for_keeping(lvm, rec);
         rec.phase = Phase::Kept;
         rec.final_state = Some(Final::Kept);
         journal.write(rec)?;

@@ -1256,7 +1256,7 @@ fn apply_decision(
     let mut hold_post = false;
     let mut down_from = None;
     let result = if keep {
-        keep_run(journal, rec, opts.keep)
+        keep_run(lvm, journal, rec, opts.keep)
     } else if success {
         commit(lvm, journal, rec).map(|_| vec![])
     } else {
@@ -1409,7 +1409,14 @@ fn ask_after_failure(rec: &RunRecord, watcher: &Watcher) -> OnFailure {
     }
 }
 
-fn keep_run(journal: &Journal, rec: &mut RunRecord, keep: Option<Duration>) -> Result<Vec<String>> {
+fn keep_run(
+    lvm: &dyn Lvm,
+    journal: &Journal,
+    rec: &mut RunRecord,
+    keep: Option<Duration>,
+) -> Result<Vec<String>> {
+    // room for a burst before anyone writes again (recorded with the phase below)
+    crate::watch::background::room_for_keeping(lvm, rec);
     rec.phase = Phase::Kept;
     rec.final_state = Some(Final::Kept);
     rec.keep_until = keep

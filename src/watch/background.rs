@@ -20,7 +20,7 @@ use crate::size::human;
 use crate::store::journal::{Journal, Phase, RunRecord};
 use crate::store::{Open, SecureDir};
 use crate::ui;
-use crate::watch::model::merge_room;
+use crate::watch::model::{kept_room, merge_room, KEPT_RESERVE};
 use crate::watch::{Event, WatchConfig, WatchItem, Watcher, WhenFull, BACKGROUND_EXTEND_AT};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -78,9 +78,12 @@ fn watcher_for(rec: &RunRecord, lvs: &[lvm::Lv]) -> Option<Watcher> {
                 t.mountpoints.clone(),
             ),
         };
-        // a pending merge: still a snapshot target until the activation, read as one
+        // a pending merge: still a snapshot target until the activation, read as one (it
+        // cannot be extended: merge_room grew it before)
         items.push(if snap.merging {
             item.merge_pending()
+        } else if rec.phase == Phase::Kept {
+            item.kept(origin.size)
         } else {
             item
         });
@@ -406,45 +409,82 @@ pub fn start_background() -> bool {
 /// fill), else as far as the VG allows, and says what is left (see model::merge_room). The
 /// space comes back when the merge completes. Best effort: a failure is a warning.
 pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
-    // only mounted thick targets can be in use; the rest merges at once, without this lvs
-    if !rec
-        .targets
-        .iter()
-        .any(|t| !t.thin && !t.mountpoints.is_empty())
-    {
+    grow_snapshots(lvm, rec, Growth::DeferredMerge);
+}
+
+/// Grows the thick snapshots of a run about to be kept to their reserve (model::kept_room)
+/// before the background watcher takes them on: a burst right after guard returns must not
+/// find only the few MiB a small snapshot has free while the watcher's first lvextend runs.
+pub fn room_for_keeping(lvm: &dyn Lvm, rec: &mut RunRecord) {
+    grow_snapshots(lvm, rec, Growth::Kept);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Growth {
+    DeferredMerge,
+    Kept,
+}
+
+fn grow_snapshots(lvm: &dyn Lvm, rec: &mut RunRecord, why: Growth) {
+    // Only mounted thick targets can be in use (a deferred merge); the rest merges at once,
+    // without this lvs. Any thick target can be written while it is kept.
+    let takes = |t: &crate::store::journal::TargetRecord| {
+        !t.thin && (why == Growth::Kept || !t.mountpoints.is_empty())
+    };
+    if !rec.targets.iter().any(takes) {
         return;
     }
-    let Ok(lvs) = lvm.lvs() else { return };
+    let lvs = match lvm.lvs() {
+        Ok(l) => l,
+        Err(e) => {
+            short_of_room(rec, why, &format!("cannot read the volumes ({e})"));
+            return;
+        }
+    };
     let mut vg_free: BTreeMap<String, u64> = lvm::vgs_from_lvs(&lvs)
         .into_iter()
         .map(|v| (v.name, v.free))
         .collect();
-    let mut events = Vec::new();
-    // the VG's room is shared among the set's targets in it, not all given to the first
-    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
-    for t in rec
+    // the targets to grow, with their origin and snapshot as they are now
+    let grow: Vec<(usize, lvm::Lv, lvm::Lv)> = rec
         .targets
         .iter()
-        .filter(|t| !t.thin && !t.mountpoints.is_empty())
-    {
-        *waiting.entry(t.vg.clone()).or_default() += 1;
+        .enumerate()
+        .filter(|(_, t)| takes(t))
+        .filter_map(|(i, t)| {
+            let origin = lvm::find(&lvs, &t.vg, &t.lv)?;
+            let snap = lvm::find(&lvs, &t.vg, &t.snapshot)?;
+            let open = why == Growth::Kept || origin.open;
+            (open && !snap.invalid && !snap.merging).then(|| (i, origin.clone(), snap.clone()))
+        })
+        .collect();
+    // The VG's room is shared among the set's targets in it, not all given to the first. A kept
+    // run's reserve also leaves a share to the rest: its thin targets' pools, other volumes.
+    let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, _, _) in &grow {
+        *waiting.entry(rec.targets[*i].vg.clone()).or_default() += 1;
     }
-    for t in rec.targets.iter_mut().filter(|t| !t.thin) {
-        let (Some(origin), Some(snap)) = (
-            lvm::find(&lvs, &t.vg, &t.lv),
-            lvm::find(&lvs, &t.vg, &t.snapshot),
-        ) else {
-            continue;
-        };
-        if !origin.open || snap.invalid || snap.merging {
-            continue;
+    if why == Growth::Kept {
+        for t in &rec.targets {
+            *waiting.entry(t.vg.clone()).or_default() += if t.thin { 1 } else { 0 };
         }
+        for n in waiting.values_mut() {
+            *n += 1;
+        }
+    }
+    let mut events = Vec::new();
+    for (i, origin, snap) in grow {
+        let t = &mut rec.targets[i];
         let share = waiting.get(&t.vg).copied().unwrap_or(1).max(1);
         if let Some(n) = waiting.get_mut(&t.vg) {
             *n = n.saturating_sub(1);
         }
         let free = vg_free.get(&t.vg).copied().unwrap_or(0) / share;
-        let (add, covered) = merge_room(origin.size, snap.size, origin.extent_size, free);
+        let used = (snap.size as f64 * snap.snap_percent.unwrap_or(0.0) / 100.0) as u64;
+        let (add, enough) = match why {
+            Growth::DeferredMerge => merge_room(origin.size, snap.size, origin.extent_size, free),
+            Growth::Kept => kept_room(origin.size, snap.size, used, origin.extent_size, free),
+        };
         let name = format!("{}/{}", t.vg, t.lv);
         if add > 0 {
             match lvm.extend(&t.vg, &t.snapshot, add) {
@@ -453,11 +493,22 @@ pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
                         *f = f.saturating_sub(add);
                     }
                     t.cow_bytes = Some(snap.size + add);
+                    if why == Growth::Kept {
+                        // never trimmed by LVM (model::covered_at): the size it has now
+                        t.added_bytes = t.added_bytes.saturating_add(add);
+                        t.extensions = t.extensions.saturating_add(1);
+                    }
                     let detail = format!(
-                        "snapshot {}/{} +{} before its merge is scheduled (LVM cannot extend it once the merge is pending)",
+                        "snapshot {}/{} +{} {}",
                         t.vg,
                         t.snapshot,
-                        human(add)
+                        human(add),
+                        match why {
+                            Growth::DeferredMerge =>
+                                "before its merge is scheduled (LVM cannot extend it once the merge is pending)",
+                            Growth::Kept =>
+                                "as it is kept: the background watcher cannot pause a writer while it extends, so a kept snapshot keeps room for a burst",
+                        }
                     );
                     ui::say(&format!("{name}: extended {detail}"));
                     events.push(Event {
@@ -468,29 +519,68 @@ pub fn room_for_deferred_merges(lvm: &dyn Lvm, rec: &mut RunRecord) {
                     });
                 }
                 Err(e) => {
-                    ui::warn(&format!(
-                        "{name}: cannot grow its snapshot before the merge: {e}"
-                    ));
+                    ui::warn(&format!("{name}: cannot grow its snapshot: {e}"));
+                    if why == Growth::Kept {
+                        events.push(keep_room_short(&name, &format!("lvextend failed ({e})")));
+                    }
                     continue;
                 }
             }
         }
-        if !covered {
-            let room = snap.size + add;
-            let detail = format!(
-                "volume group {} has no room to cover all of {name} ({}): its scheduled rollback is lost if the writes to it before the merge completes fill the snapshot's {}",
-                t.vg,
-                human(origin.size),
-                human(room)
-            );
-            ui::warn(&format!("{name}: {detail}"));
-            events.push(Event {
-                at: crate::store::journal::now_rfc3339(),
-                kind: "merge-room-short".into(),
-                lv: name,
-                detail,
-            });
+        if !enough {
+            let room = human(snap.size + add);
+            let event = match why {
+                Growth::DeferredMerge => Event {
+                    at: crate::store::journal::now_rfc3339(),
+                    kind: "merge-room-short".into(),
+                    lv: name.clone(),
+                    detail: format!(
+                        "volume group {} has no room to cover all of {name} ({}): its scheduled rollback is lost if the writes to it before the merge completes fill the snapshot's {room}",
+                        t.vg,
+                        human(origin.size),
+                    ),
+                },
+                Growth::Kept => keep_room_short(
+                    &name,
+                    &format!("volume group {} has no room for it; the snapshot has {room}", t.vg),
+                ),
+            };
+            ui::warn(&format!("{name}: {}", event.detail));
+            events.push(event);
         }
+    }
+    rec.events.extend(events);
+}
+
+/// A kept snapshot left without its reserve (model::KEPT_RESERVE): said, and recorded.
+fn keep_room_short(name: &str, why: &str) -> Event {
+    Event {
+        at: crate::store::journal::now_rfc3339(),
+        kind: "keep-room-short".into(),
+        lv: name.into(),
+        detail: format!(
+            "no reserve of {} for the kept snapshot of {name}: {why}; a burst of writes may fill it before the background watcher's extension lands",
+            human(KEPT_RESERVE)
+        ),
+    }
+}
+
+/// Growth that could not even be planned: a warning, and for a kept run an event per target.
+fn short_of_room(rec: &mut RunRecord, why: Growth, what: &str) {
+    if why != Growth::Kept {
+        ui::warn(&format!(
+            "cannot grow the snapshots before the merge: {what}"
+        ));
+        return;
+    }
+    let events: Vec<Event> = rec
+        .targets
+        .iter()
+        .filter(|t| !t.thin)
+        .map(|t| keep_room_short(&format!("{}/{}", t.vg, t.lv), what))
+        .collect();
+    for e in &events {
+        ui::warn(&format!("{}: {}", e.lv, e.detail));
     }
     rec.events.extend(events);
 }

@@ -30,9 +30,9 @@ use crate::run::child::SignalState;
 use crate::size::human;
 use crate::ui;
 use model::{
-    dirty_allowance, extension_step, in_danger, meta_step, needs_extension, pool_state,
-    runway_used_pct, target_room, PoolState, ASSUMED_RATE, DIRTY_WINDOW, MIN_LEAD, MIN_STEP,
-    STEP_RATE_SPAN, THIN_META_BLOCK,
+    covered_at, dirty_allowance, extension_step, in_danger, kept_reserve, meta_step,
+    needs_extension, pool_state, runway_used_pct, target_room, PoolState, ASSUMED_RATE,
+    DIRTY_WINDOW, MIN_LEAD, MIN_STEP, STEP_RATE_SPAN, THIN_META_BLOCK,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -165,6 +165,9 @@ pub struct WatchItem {
     growth: VecDeque<(Instant, u64)>,
     /// The last fill level warned about for a snapshot that cannot be extended.
     warned_pct: f64,
+    /// A kept thick snapshot's origin size: it keeps model::kept_reserve free (the background
+    /// watcher has no command to pause).
+    kept_origin: Option<u64>,
 }
 
 impl WatchItem {
@@ -209,6 +212,28 @@ impl WatchItem {
             extent,
             mounts,
         )
+    }
+    /// A kept thick snapshot of an origin of `origin` bytes: it keeps its reserve free.
+    pub fn kept(mut self, origin: u64) -> Self {
+        if !self.thin {
+            self.kept_origin = Some(origin);
+        }
+        self
+    }
+    /// The free room it keeps at all times (0: none), and the room a step brings it to.
+    fn reserve(&self) -> (u64, u64) {
+        let Some(origin) = self.kept_origin else {
+            return (0, 0);
+        };
+        // the step half as much again: not an lvextend at every few MiB written
+        let reserve = kept_reserve(origin, self.used);
+        let step = (reserve + reserve / 2).min(covered_at(origin).saturating_sub(self.used));
+        (reserve, step)
+    }
+    /// A kept snapshot that covers its whole origin can never fill, and LVM will not grow it
+    /// further: nothing to extend, whatever its use.
+    fn covers_origin(&self) -> bool {
+        self.kept_origin.is_some_and(|o| self.size >= covered_at(o))
     }
     /// A snapshot whose merge is pending: watched, not extended (lvextend refuses it).
     pub fn merge_pending(mut self) -> Self {
@@ -261,6 +286,7 @@ impl WatchItem {
             hist: VecDeque::new(),
             growth: VecDeque::new(),
             warned_pct: 0.0,
+            kept_origin: None,
         }
     }
     pub fn name(&self) -> String {
@@ -929,17 +955,20 @@ impl Watcher {
             _ => MIN_LEAD,
         };
         let block = it.block();
+        let (reserve, reserve_room) = it.reserve();
         // in danger is always reason to extend where there is room
-        let data_need = in_danger(it.size, it.used, self.hold_rate(i), dirty, lead, block)
-            || needs_extension(
-                it.size,
-                it.used,
-                base,
-                it.rate,
-                dirty,
-                horizon,
-                self.cfg.extend_at,
-            );
+        let data_need = !it.covers_origin()
+            && (in_danger(it.size, it.used, self.hold_rate(i), dirty, lead, block)
+                || it.free() < reserve
+                || needs_extension(
+                    it.size,
+                    it.used,
+                    base,
+                    it.rate,
+                    dirty,
+                    horizon,
+                    self.cfg.extend_at,
+                ));
         let meta_need = it.thin
             && it.meta_size > 0
             && needs_extension(
@@ -985,7 +1014,8 @@ impl Watcher {
                     dirty,
                     horizon,
                     self.cfg.extend_at,
-                );
+                )
+                .max(reserve_room);
                 match extension_step(it.size, it.used, room, block, it.extent, free) {
                     Some(step) => {
                         let extent = it.extent.max(1);
@@ -1767,6 +1797,43 @@ mod tests {
         assert!(w.events.iter().any(|e| e.kind == "froze"));
         let _ = cmd.kill();
         let _ = cmd.wait();
+    }
+
+    #[test]
+    fn a_kept_snapshot_is_extended_once_its_reserve_runs_short() {
+        // the background watcher's numbers: 50 %, nothing to pause
+        let kept = |origin: Option<u64>, used: u64| {
+            let mut w = watcher();
+            w.cfg = WatchConfig {
+                extend_at: BACKGROUND_EXTEND_AT,
+                when_full: WhenFull::Continue,
+            };
+            w.vg_free.insert("vg".into(), 1 << 30);
+            if let Some(o) = origin {
+                w.items[0] = w.items[0].clone().kept(o);
+            }
+            w.items[0].size = 72 << 20;
+            w.items[0].used = used;
+            w.decide(0, 0);
+            // no lvm here: a started extension is one that failed to start, booked for a retry
+            w.inflight.is_some() || w.retry.contains_key(&(0, false))
+        };
+        // 9 MiB written from idle (no rate yet), far below the threshold: 63 MiB free is short
+        // of the reserve; without a reserve (a guarded command's own watcher) it waits
+        assert!(kept(Some(200 << 20), 9 << 20));
+        assert!(!kept(None, 9 << 20));
+        assert!(
+            !kept(Some(200 << 20), 8 << 20),
+            "64 MiB free: the reserve is there"
+        );
+        // a snapshot covering its whole origin needs no reserve, and is not grown even past
+        // the threshold (LVM would not add anything: an lvextend retried for ever)
+        assert!(!kept(Some(60 << 20), 9 << 20));
+        assert!(!kept(Some(71 << 20), 60 << 20));
+        assert!(
+            kept(Some(72 << 20), 60 << 20),
+            "just short of covering it: the reserve"
+        );
     }
 
     #[test]

@@ -88,13 +88,14 @@ mkfs_lv data 200M /mnt/data
 guard --lv vg/data --size 8M --keep 10m -- true > out 2>&1; run=$(run_id_of out)
 size0=$(lv_bytes "data-guard-$run")
 lvcreate -q -y -l 100%FREE -n filler vg >/dev/null
-# past the threshold with no room: the watcher finds the VG full
+# the kept snapshot's reserve (model::KEPT_RESERVE) short with no room: the watcher finds the
+# VG full
 write_mb /mnt/data/big1 5 sync
 sleep 3
 pvcreate -q -y /dev/vdb >/dev/null; vgextend -q vg /dev/vdb >/dev/null
 # read again within seconds; the next sample extends
 sleep 6
-# further past the background watcher's threshold (50 %): 7 of the 8 MiB
+# further into the reserve
 write_mb /mnt/data/big2 2 sync
 sleep 3
 size1=$(lv_bytes "data-guard-$run")
@@ -103,6 +104,22 @@ check "the kept snapshot was extended after the VG got room" [ "${size1:-0}" -gt
 check "and is still valid" not_invalid
 guard rollback --finish "$run" > rb 2>&1
 check_eq "the kept run still rolls back to the original bytes" "$(content data)" original
+end
+
+begin rolling_back_a_kept_run_whose_snapshot_was_lost_is_an_error
+# `guard rollback RUN` of a kept run whose snapshot filled (no VG room for the watcher) removed
+# the dead snapshot, merged nothing, and exited 0: a pipeline read "rolled back".
+mkfs_lv data 200M /mnt/data
+guard --lv vg/data --size 8M --keep 10m -- true > out 2>&1; run=$(run_id_of out)
+lvcreate -q -y -l 100%FREE -n filler vg >/dev/null
+size=$(lv_bytes "data-guard-$run")
+write_mb /mnt/data/big $(( size / 1048576 + 8 )) sync
+sleep 2
+check "the kept snapshot filled" sh -c "lvs --noheadings -o lv_attr vg/data-guard-$run | grep -q 'swi-I'"
+guard rollback "$run" > rb 2>&1; rc=$?
+check_eq "the rollback is an error" "$rc" 125
+check_out "naming the volume and why" rb "vg/data cannot be rolled back: snapshot vg/data-guard-$run was invalidated"
+check "the dead snapshot is removed" no_guard_snapshots
 end
 
 begin thin_pool_already_70_percent_full_is_not_grown_for_a_small_write

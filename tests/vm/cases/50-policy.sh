@@ -208,19 +208,35 @@ check_out "no terminal: says so and rolls back" out "no terminal to ask on; roll
 check_eq "rolled back" "$(content data)" original
 end
 
-begin kept_snapshots_are_watched_in_the_background
 # After guard exits, a kept snapshot still fills as the origin changes; `guard watch` (started
-# in the background when the run is kept) extends it before it is invalidated.
-mkfs_lv data 200M /mnt/data
-guard --lv vg/data --size 8M --keep 10m -- true > out 2>&1; run=$(run_id_of out)
-size0=$(lvs --noheadings --units b --nosuffix -o lv_size "vg/data-guard-$run" | tr -d ' ')
-write_mb /mnt/data/big 64 sync
-sleep 3
-size1=$(lvs --noheadings --units b --nosuffix -o lv_size "vg/data-guard-$run" | tr -d ' ')
-note "kept snapshot: $size0 bytes before, $size1 after 64 MiB written"
-check "the kept snapshot was extended" [ "$size1" -gt "$size0" ]
-check "and is still valid" sh -c "! lvs --noheadings -o lv_attr vg/data-guard-$run | grep -q 'swi-I'"
-guard rollback "$run" --finish > rb 2>&1
-check_eq "the kept run still rolls back to the original bytes" "$(content data)" original
-sleep 1
-end
+# in the background when the run is kept) extends it before it is invalidated. It has no command
+# to pause, so a burst from idle lands in whatever is free while its first lvextend runs: a kept
+# snapshot keeps 64 MiB free (model::KEPT_RESERVE). With only the 4 MiB of an 8 MiB snapshot at
+# the 50 % threshold, the burst and the two writers invalidated it in every try and the stream
+# in about one of ten.
+kept_snapshot_survives() {  # SHAPE: stream, burst or two writers, 64 MiB in all
+  begin "kept_snapshot_survives_a_${1}_from_idle"
+  mkfs_lv data 200M /mnt/data
+  guard --lv vg/data --size 8M --keep 10m -- true > out 2>&1; run=$(run_id_of out)
+  check_out "kept with room for a burst" out "extended snapshot vg/data-guard-$run \+[0-9.]+MiB as it is kept"
+  size0=$(lvs --noheadings --units b --nosuffix -o lv_size "vg/data-guard-$run" | tr -d ' ')
+  case $1 in
+    stream) write_mb /mnt/data/big 64 sync ;;
+    burst) dd if=/dev/zero of=/mnt/data/big bs=1M count=64 2>/dev/null; sync ;;
+    writers) write_mb /mnt/data/big 32 sync & w=$!; write_mb /mnt/data/big2 32 sync; wait $w ;;
+  esac
+  sleep 3
+  size1=$(lvs --noheadings --units b --nosuffix -o lv_size "vg/data-guard-$run" | tr -d ' ')
+  note "kept snapshot: $size0 bytes before, $size1 after 64 MiB written"
+  check "the kept snapshot was extended" [ "$size1" -gt "$size0" ]
+  check "and is still valid" sh -c "! lvs --noheadings -o lv_attr vg/data-guard-$run | grep -q 'swi-I'"
+  guard rollback "$run" --finish > rb 2>&1; rc=$?
+  check_eq "the kept run rolls back" "$rc" 0
+  check "what was written is gone (mounted again as it was)" sh -c "grep -q ' /mnt/data ' /proc/mounts && test ! -e /mnt/data/big -a ! -e /mnt/data/big2"
+  check_eq "the original bytes are there" "$(content data)" original
+  sleep 1
+  end
+}
+kept_snapshot_survives stream
+kept_snapshot_survives burst
+kept_snapshot_survives writers
