@@ -946,6 +946,9 @@ fn rollback_cmd(
                     rollback::completes_by(t, &rec.id)
                 ));
             }
+            // asked again, the answer stays: `guard rollback RUN || guard rollback RUN` must not
+            // hide a volume lost the first time
+            lost_rollback_point(rec)?;
             Ok(0)
         }
         Phase::Done => {
@@ -953,6 +956,7 @@ fn rollback_cmd(
                 "run {}: already finished, nothing to roll back",
                 rec.id
             ));
+            lost_rollback_point(rec)?;
             Ok(0)
         }
         Phase::Snapshotting | Phase::Running | Phase::Committing => Err(Error::refused(

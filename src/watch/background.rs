@@ -426,12 +426,15 @@ enum Growth {
 }
 
 fn grow_snapshots(lvm: &dyn Lvm, rec: &mut RunRecord, why: Growth) {
-    // Only mounted thick targets can be in use (a deferred merge); the rest merges at once,
-    // without this lvs. Any thick target can be written while it is kept.
-    let takes = |t: &crate::store::journal::TargetRecord| {
-        !t.thin && (why == Growth::Kept || !t.mountpoints.is_empty())
-    };
-    if !rec.targets.iter().any(takes) {
+    // Without a mounted thick target a deferred merge has nothing in use to wait for (the rest
+    // merges at once): no lvs. Else every thick target whose origin is open (a mount, or
+    // something else holding it) grows; and any thick target can be written while it is kept.
+    let mounted = |t: &crate::store::journal::TargetRecord| !t.thin && !t.mountpoints.is_empty();
+    if !rec
+        .targets
+        .iter()
+        .any(|t| !t.thin && (why == Growth::Kept || mounted(t)))
+    {
         return;
     }
     let lvs = match lvm.lvs() {
@@ -450,7 +453,7 @@ fn grow_snapshots(lvm: &dyn Lvm, rec: &mut RunRecord, why: Growth) {
         .targets
         .iter()
         .enumerate()
-        .filter(|(_, t)| takes(t))
+        .filter(|(_, t)| !t.thin)
         .filter_map(|(i, t)| {
             let origin = lvm::find(&lvs, &t.vg, &t.lv)?;
             let snap = lvm::find(&lvs, &t.vg, &t.snapshot)?;

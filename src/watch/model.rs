@@ -207,13 +207,17 @@ fn grow_to(want: u64, size: u64, extent: u64, vg_free: u64) -> (u64, bool) {
 /// still beat it: the fastest rate seen (model::target_room) sizes the steps after the first.
 pub const KEPT_RESERVE: u64 = 64 << 20;
 
-/// The size from which a snapshot counts as covering its origin for the kept reserve: the data
-/// and the exception store. LVM's own largest snapshot ("Reached maximum COW size") adds a
-/// header and a first metadata chunk and rounds up to whole extents, so it is never below this:
-/// a request up to here is never trimmed, and a snapshot LVM will not grow further never asks
-/// for more (an lvextend that adds nothing, retried for ever).
+/// The size from which a snapshot counts as covering its origin for the kept reserve, for the
+/// 4 KiB chunks of LVM's default that guard's snapshots use: a header chunk, a chunk for each
+/// 4 KiB of the origin, and a metadata chunk before each 256 of them, with one to spare (LVM's
+/// own count, lib/metadata/snapshot_manip.c). The kernel never needs more; LVM's largest
+/// snapshot ("Reached maximum COW size") is that rounded up to whole extents, so never less: a
+/// request up to here is never trimmed, and a snapshot LVM will not grow further never asks for
+/// more (an lvextend that adds nothing, retried for ever).
 pub fn covered_at(origin: u64) -> u64 {
-    origin + origin / 256
+    const CHUNK: u64 = 4096;
+    let chunks = origin.div_ceil(CHUNK);
+    CHUNK * (1 + chunks + (chunks + 256) / 256)
 }
 
 /// The free room a kept snapshot of `origin` bytes keeps: KEPT_RESERVE, or what is left to
@@ -608,10 +612,14 @@ mod tests {
             kept_room(200 * MIB, 80 * MIB, 10 * MIB, ext, GIB),
             (0, true)
         );
-        // a small origin: only up to covering it (40 + 0.156 MiB, in extents: what LVM allows
+        // a small origin: only up to covering it (40 MiB + 168 KiB, in extents: what LVM allows
         // a 40 MiB origin's snapshot is 44 MiB with 4 MiB extents)
         assert_eq!(kept_room(40 * MIB, 8 * MIB, 0, ext, GIB), (36 * MIB, true));
-        assert_eq!(kept_reserve(40 * MIB, 40 * MIB), 40 * MIB / 256);
+        assert_eq!(kept_reserve(40 * MIB, 40 * MIB), 42 * 4096);
+        // a whole GiB: 1028 MiB (data and store, in whole extents) is one chunk short of what
+        // the kernel can need; one extent more, as LVM allows
+        assert_eq!(covered_at(GIB), GIB + 1026 * 4096);
+        assert_eq!(kept_room(GIB, 1028 * MIB, 1000 * MIB, ext, GIB).0, ext);
         // a covering snapshot never asks for more, however much is used: LVM's largest (44
         // MiB here) is at or above covered_at
         assert_eq!(kept_room(40 * MIB, 44 * MIB, 40 * MIB, ext, GIB), (0, true));
