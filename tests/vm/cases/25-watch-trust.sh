@@ -120,6 +120,8 @@ guard rollback "$run" > rb 2>&1; rc=$?
 check_eq "the rollback is an error" "$rc" 125
 check_out "naming the volume and why" rb "vg/data cannot be rolled back: snapshot vg/data-guard-$run was invalidated"
 check "the dead snapshot is removed" no_guard_snapshots
+guard rollback "$run" > rb2 2>&1; rc=$?
+check_eq "asked again, still an error" "$rc" 125
 end
 
 begin thin_pool_already_70_percent_full_is_not_grown_for_a_small_write
