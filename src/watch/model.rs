@@ -175,17 +175,11 @@ pub fn pool_state(p: &PoolUse) -> PoolState {
 /// LVM cannot extend a snapshot once its merge is pending (lvextend refuses: "Can't resize
 /// internal logical volume"), yet the origin keeps being written until that activation, maybe a
 /// reboot hours away. So the snapshot is grown before the merge is scheduled: to cover the whole
-/// origin (one exception per chunk at most: it can never fill) when the VG has the room, else as
-/// far as the VG allows. Returns the bytes to add (whole extents) and whether that covers it.
+/// origin (covered_at: it can never fill) when the VG has the room, else as far as the VG
+/// allows. Returns the bytes to add (whole extents) and whether that covers it. Never above
+/// LVM's largest snapshot: a request it trims would leave the recorded size too large.
 pub fn merge_room(origin: u64, cow: u64, extent: u64, vg_free: u64) -> (u64, bool) {
-    grow_to(cover(origin, extent), cow, extent, vg_free)
-}
-
-/// The size at which a thick snapshot covers its whole origin: the data, the exception store
-/// (16 bytes a 4 KiB chunk: 1/256 of the origin) and the header. It can never fill then, and
-/// lvextend trims a request above it.
-pub fn cover(origin: u64, extent: u64) -> u64 {
-    origin + origin / 128 + extent.max(1)
+    grow_to(covered_at(origin), cow, extent, vg_free)
 }
 
 /// The bytes to add (whole extents, within the VG's room) to bring a snapshot of `size` to
@@ -597,6 +591,9 @@ mod tests {
         );
         // already covering: nothing to do
         assert_eq!(merge_room(200 * MIB, 260 * MIB, ext, GIB), (0, true));
+        // exactly what LVM allows a 200 MiB origin's snapshot with 4 MiB extents (204 MiB):
+        // never a request it trims (the old cover asked for 208)
+        assert_eq!(8 * MIB + add, 204 * MIB);
     }
 
     #[test]
