@@ -468,8 +468,8 @@ fn grow_snapshots(lvm: &dyn Lvm, rec: &mut RunRecord, why: Growth) {
         *waiting.entry(rec.targets[*i].vg.clone()).or_default() += 1;
     }
     if why == Growth::Kept {
-        for t in &rec.targets {
-            *waiting.entry(t.vg.clone()).or_default() += if t.thin { 1 } else { 0 };
+        for t in rec.targets.iter().filter(|t| t.thin) {
+            *waiting.entry(t.vg.clone()).or_default() += 1;
         }
         for n in waiting.values_mut() {
             *n += 1;
