@@ -235,6 +235,14 @@ impl WatchItem {
     fn covers_origin(&self) -> bool {
         self.kept_origin.is_some_and(|o| self.size >= covered_at(o))
     }
+    /// Watched every 20 ms rather than 100: it is being written, or past half the threshold.
+    /// A kept snapshot that covers its origin cannot fill, so it never is: polling it closely
+    /// would only cost CPU for as long as the run is kept.
+    fn hot(&self, extend_at: f64) -> bool {
+        !self.covers_origin()
+            && (self.rate > 0.0
+                || runway_used_pct(self.size, self.used, self.base.unwrap_or(0)) > extend_at / 2.0)
+    }
     /// A snapshot whose merge is pending: watched, not extended (lvextend refuses it).
     pub fn merge_pending(mut self) -> Self {
         self.extendable = self.thin;
@@ -701,10 +709,7 @@ impl Watcher {
                 if self.held_items.contains(&i) || !self.sample(i, now) || self.items[i].invalid {
                     continue;
                 }
-                let it = &self.items[i];
-                hot |= it.rate > 0.0
-                    || runway_used_pct(it.size, it.used, it.base.unwrap_or(0))
-                        > self.cfg.extend_at / 2.0;
+                hot |= self.items[i].hot(self.cfg.extend_at);
                 let dirty = self.dirty_for(i);
                 self.decide(i, dirty);
             }
@@ -732,13 +737,10 @@ impl Watcher {
             if !self.sample(i, now) {
                 continue;
             }
-            let it = &self.items[i];
-            if it.invalid {
+            if self.items[i].invalid {
                 continue;
             }
-            let base = it.base.unwrap_or(0);
-            hot |=
-                it.rate > 0.0 || runway_used_pct(it.size, it.used, base) > self.cfg.extend_at / 2.0;
+            hot |= self.items[i].hot(self.cfg.extend_at);
             let dirty = self.dirty_for(i);
             danger |= self.decide(i, dirty);
         }
@@ -1834,6 +1836,25 @@ mod tests {
             kept(Some(72 << 20), 60 << 20),
             "just short of covering it: the reserve"
         );
+    }
+
+    #[test]
+    fn a_kept_snapshot_that_covers_its_origin_is_not_polled_closely() {
+        let item = |origin: u64| {
+            let mut it = watcher().items[0].clone().kept(origin);
+            it.size = 72 << 20;
+            it.used = 60 << 20;
+            it.rate = 1e6;
+            it
+        };
+        // written to and past the threshold: watched every 20 ms...
+        assert!(item(200 << 20).hot(BACKGROUND_EXTEND_AT));
+        // ...unless it covers its whole origin: it cannot fill, polling closely is only CPU
+        assert!(!item(60 << 20).hot(BACKGROUND_EXTEND_AT));
+        let mut idle = item(200 << 20);
+        idle.rate = 0.0;
+        idle.used = 8 << 20;
+        assert!(!idle.hot(BACKGROUND_EXTEND_AT));
     }
 
     #[test]

@@ -45,12 +45,15 @@ case $VARIANT in
   *) echo "image.sh: unknown variant '$VARIANT' (base, db or grub)" >&2; exit 2 ;;
 esac
 
+# scripts/test builds the images beside the VM tier: a runner that wants an image being built
+# waits for that build rather than starting a second one in the same folder
+mkdir -p "$(dirname "$CACHE")"; exec 9>"$CACHE.lock"; flock 9
 if [ -f "$CACHE/disk.img" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ]; then exit 0; fi
 for p in debootstrap dpkg-dev openssh-client e2fsprogs $([ "$VARIANT" = grub ] && echo fdisk cpio); do
   dpkg -s "$p" >/dev/null 2>&1 || missing="${missing:-} $p"
 done
 if [ -n "${missing:-}" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends $missing >/dev/null
 fi
 "$top/tests/vm/vm.sh" prepare
 rm -rf "$CACHE"; mkdir -p "$CACHE"; cd "$CACHE"

@@ -6,7 +6,11 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd); top=$(cd "$here/../.." && pwd)
 pattern=${1:-}
 profile=${GUARD_VM_PROFILE:-debug}
-( cd "$top" && if [ "$profile" = release ]; then cargo build -q --release; else cargo build -q; fi ) || exit 1
+# scripts/test has built it (cargo test builds the binary too) and builds the .deb beside this
+# tier: a build here would wait for that one's lock on target/
+if [ -z "${GUARD_VM_PREBUILT:-}" ] || [ ! -x "$top/target/$profile/guard" ]; then
+  ( cd "$top" && if [ "$profile" = release ]; then cargo build -q --release; else cargo build -q; fi ) || exit 1
+fi
 share=$(mktemp -d /tmp/guard-vm-share.XXXXXX)
 trap 'rm -rf "$share"' EXIT
 cp "$top/target/$profile/guard" "$share/guard"
