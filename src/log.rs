@@ -192,6 +192,22 @@ fn send_journal(kind: Kind, msg: &str, run: Option<&str>, fields: &[(&str, Strin
     }
 }
 
+/// One line in the kernel's log, which its console prints (serial consoles, a cloud's console
+/// log). For what must outlive a rollback of / that takes the journal with it: a write to
+/// /dev/kmsg never blocks on a slow or stuck console, unlike a write to /dev/console.
+pub fn kernel_line(kind: Kind, msg: &str) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &kmsg_record(kind, msg)));
+}
+
+/// "<PRIORITY>guard: MESSAGE\n", one line: the kernel keeps one record per write.
+fn kmsg_record(kind: Kind, msg: &str) -> Vec<u8> {
+    let one_line = msg.replace(['\n', '\0'], " ");
+    format!("<{}>guard: {one_line}\n", kind.priority()).into_bytes()
+}
+
 fn syslog(kind: Kind, text: &str) {
     static OPEN: Once = Once::new();
     OPEN.call_once(|| {
@@ -207,6 +223,12 @@ fn syslog(kind: Kind, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_log_line_is_one_record_at_the_kind_s_priority() {
+        let r = kmsg_record(Kind::Error, "run r1: trial boot failed: a\nb");
+        assert_eq!(r, b"<3>guard: run r1: trial boot failed: a b\n");
+    }
 
     #[test]
     fn datagram_carries_the_fields_and_encodes_multiline_values() {

@@ -644,12 +644,14 @@ pub fn confirm(lvm: &dyn crate::lvm::Lvm, journal: &crate::store::journal::Journ
                 t.note = Some(why.clone());
                 t.boot_id = id;
             }
-            // this record is on the / that the fallback rolls back: the console and the
-            // journal of this boot are where the reason is kept
+            // this record is on the / that the fallback rolls back, and this boot's journal
+            // with it: the kernel's log, which its console prints, is where the reason stays
             let _ = journal.write(&mut rec);
-            ui::error(&format!(
+            let line = format!(
                 "run {run}: trial boot failed: {why}; rebooting to the fallback (the state before the run)"
-            ));
+            );
+            crate::log::kernel_line(crate::log::Kind::Error, &line);
+            ui::error(&line);
             Ok(1)
         }
     }

@@ -6,7 +6,7 @@ BIN=$top/target/debug/guard
 # The package when it was built (scripts/test builds it first), else the binary and the unit.
 DEB=$(ls "$top"/target/debian/guard_*.deb 2>/dev/null | head -1)
 # A package older than the source would test yesterday's guard: use the fresh binary instead.
-if [ -n "$DEB" ] && [ -n "$(find "$top/src" "$top/Cargo.toml" -newer "$DEB" -print -quit)" ]; then
+if [ -n "$DEB" ] && [ -n "$(find "$top/src" "$top/dist" "$top/Cargo.toml" -newer "$DEB" -print -quit)" ]; then
   echo "note: $DEB is older than the source; installing target/debug/guard (tests/deb/check.sh rebuilds the package)" >&2
   DEB=""
 fi

@@ -8,7 +8,7 @@ pattern=${1:-}
 profile=${GUARD_VM_PROFILE:-debug}
 # scripts/test has built it (cargo test builds the binary too) and builds the .deb beside this
 # tier: a build here would wait for that one's lock on target/
-if [ -z "${GUARD_VM_PREBUILT:-}" ] || [ ! -x "$top/target/$profile/guard" ]; then
+if [ -z "${GUARD_VM_PREBUILT:-}" ] || [ "$profile" != debug ]; then
   ( cd "$top" && if [ "$profile" = release ]; then cargo build -q --release; else cargo build -q; fi ) || exit 1
 fi
 share=$(mktemp -d /tmp/guard-vm-share.XXXXXX)

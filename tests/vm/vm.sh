@@ -40,8 +40,13 @@ copy_prog() {
 
 prepare() {
   need_host_tools
-  # scripts/test's two lanes both get here (the image builds call prepare): one build at a time
-  mkdir -p "$(dirname "$CACHE")"; exec 8>"$CACHE.lock"; flock 8
+  # scripts/test's two lanes both get here (the image builds call prepare): one build at a
+  # time, the lock held for the check and the build only (every boot calls prepare)
+  mkdir -p "$(dirname "$CACHE")"
+  ( flock 8; build ) 8>"$CACHE.lock"
+}
+
+build() {
   [ -f "$CACHE/initrd.gz" ] && [ -f "$CACHE/vmlinuz" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ] && return 0
   echo "vm: building the guest image in $CACHE" >&2
   mkdir -p "$CACHE/debs"
