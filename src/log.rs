@@ -202,10 +202,25 @@ pub fn kernel_line(kind: Kind, msg: &str) {
         .and_then(|mut f| std::io::Write::write_all(&mut f, &kmsg_record(kind, msg)));
 }
 
-/// "<PRIORITY>guard: MESSAGE\n", one line: the kernel keeps one record per write.
+/// "<PRIORITY>guard: MESSAGE\n", one line: the kernel keeps one record per write, and refuses
+/// a write longer than a record (~976 bytes on 6.1) whole: a long reason (twenty services down,
+/// a check's output) is cut short rather than lost. Control characters (a check's output may
+/// carry escapes) become spaces: they would go to the console raw.
 fn kmsg_record(kind: Kind, msg: &str) -> Vec<u8> {
-    let one_line = msg.replace(['\n', '\0'], " ");
-    format!("<{}>guard: {one_line}\n", kind.priority()).into_bytes()
+    const MAX: usize = 900;
+    let mut text: String = msg
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    format!("<{}>guard: {text}\n", kind.priority()).into_bytes()
 }
 
 fn syslog(kind: Kind, text: &str) {
@@ -226,8 +241,13 @@ mod tests {
 
     #[test]
     fn a_kernel_log_line_is_one_record_at_the_kind_s_priority() {
-        let r = kmsg_record(Kind::Error, "run r1: trial boot failed: a\nb");
-        assert_eq!(r, b"<3>guard: run r1: trial boot failed: a b\n");
+        let r = kmsg_record(Kind::Error, "run r1: trial boot failed: a\nb\x1b[2J");
+        assert_eq!(r, b"<3>guard: run r1: trial boot failed: a b [2J\n");
+        // too long for one record: cut on a character boundary, marked, still one line
+        let long = kmsg_record(Kind::Error, &"é".repeat(1000));
+        let text = String::from_utf8(long).unwrap();
+        assert!(text.len() < 976 && text.ends_with("…\n"), "{}", text.len());
+        assert_eq!(text.matches('\n').count(), 1);
     }
 
     #[test]

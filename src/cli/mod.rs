@@ -663,8 +663,18 @@ fn dispatch(cli: Cli) -> Result<i32> {
         Sub::Trial {
             sub: TrialSub::Confirm,
         } => {
-            preflight()?;
-            crate::boot::confirm(&lvm, &journal)
+            let r = preflight().and_then(|()| crate::boot::confirm(&lvm, &journal));
+            if let Err(e) = &r {
+                // the unit reboots to the fallback on an error too, and the fallback rolls back
+                // the journal that holds it: the kernel's log keeps the reason
+                crate::log::kernel_line(
+                    crate::log::Kind::Error,
+                    &format!(
+                        "the trial boot's confirmation failed: {e}; rebooting to the fallback"
+                    ),
+                );
+            }
+            r
         }
         Sub::Recover { expire } => {
             preflight()?;

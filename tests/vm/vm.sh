@@ -49,6 +49,8 @@ prepare() {
 build() {
   [ -f "$CACHE/initrd.gz" ] && [ -f "$CACHE/vmlinuz" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ] && return 0
   echo "vm: building the guest image in $CACHE" >&2
+  # a build that fails half-way must not pass for a finished one next time
+  rm -f "$CACHE/recipe"
   mkdir -p "$CACHE/debs"
   ( cd "$CACHE/debs"
     # linux-image-amd64 is a meta package: fetch the versioned image it depends on too
