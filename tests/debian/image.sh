@@ -53,7 +53,7 @@ for p in debootstrap dpkg-dev openssh-client e2fsprogs $([ "$VARIANT" = grub ] &
   dpkg -s "$p" >/dev/null 2>&1 || missing="${missing:-} $p"
 done
 if [ -n "${missing:-}" ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends $missing >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 "$top/tests/vm/vm.sh" prepare
 rm -rf "$CACHE"; mkdir -p "$CACHE"; cd "$CACHE"

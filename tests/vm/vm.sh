@@ -26,7 +26,7 @@ need_host_tools() {
   echo "vm: installing host packages:$missing" >&2
   apt-get update -qq
   # qemu-system-x86 from the default suite may replace a newer qemu-utils: we never use qemu-img.
-  DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y -qq --no-install-recommends $missing >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
 # copy a program and every shared library it needs into the image, at the path it has on a system
@@ -40,13 +40,6 @@ copy_prog() {
 
 prepare() {
   need_host_tools
-  # scripts/test's two lanes both get here (the image builds call prepare): one build at a
-  # time, the lock held for the check and the build only (every boot calls prepare)
-  mkdir -p "$(dirname "$CACHE")"
-  ( flock 8; build ) 8>"$CACHE.lock"
-}
-
-build() {
   [ -f "$CACHE/initrd.gz" ] && [ -f "$CACHE/vmlinuz" ] && [ "$(cat "$CACHE/recipe" 2>/dev/null)" = "$RECIPE" ] && return 0
   echo "vm: building the guest image in $CACHE" >&2
   # a build that fails half-way must not pass for a finished one next time
